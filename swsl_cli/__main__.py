@@ -1,0 +1,7 @@
+"""`python -m swsl_cli`, the same as `swsl-train`."""
+
+import sys
+
+from swsl_cli.cli import main
+
+sys.exit(main())
