@@ -239,6 +239,7 @@ def run(config: Config, stream=None) -> int:
             steps_per_epoch=steps,
             validation_data=data.test_dataset(arrays, global_batch),
             callbacks=callbacks,
+            shuffle=False,
             verbose=0,
         )
     finally:
