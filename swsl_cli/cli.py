@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _number(kind, name: str, minimum=None, maximum=None, exclusive_min=False):
+def _number(kind, minimum=None, maximum=None, exclusive_min=False):
     """An argparse type: parse with `kind`, then check the range."""
 
     def parse(text: str):
@@ -34,10 +35,10 @@ def _number(kind, name: str, minimum=None, maximum=None, exclusive_min=False):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+                f"must be {'an integer' if kind is int else 'a number'}, got {text!r}"
             ) from None
         if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{name} must be finite, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
         too_small = minimum is not None and (
             value <= minimum if exclusive_min else value < minimum
         )
@@ -45,7 +46,7 @@ def _number(kind, name: str, minimum=None, maximum=None, exclusive_min=False):
             low = "" if minimum is None else f"{'>' if exclusive_min else '>='} {minimum}"
             high = "" if maximum is None else f"<= {maximum}"
             raise argparse.ArgumentTypeError(
-                f"{name} must be {' and '.join(p for p in (low, high) if p)}, got {text!r}"
+                f"must be {' and '.join(p for p in (low, high) if p)}, got {text!r}"
             )
         return value
 
@@ -55,7 +56,7 @@ def _number(kind, name: str, minimum=None, maximum=None, exclusive_min=False):
 def _run_name(text: str) -> str:
     if not text or text in (".", "..") or "/" in text or "\\" in text or text.startswith("."):
         raise argparse.ArgumentTypeError(
-            f"--run_name must be a plain folder name (no '/', not starting with '.'), got {text!r}"
+            f"must be a plain folder name (no '/', not starting with '.'), got {text!r}"
         )
     return text
 
@@ -79,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--centroid_grid",
         nargs=2,
-        type=_number(int, "--centroid_grid", minimum=1),
+        type=_number(int, minimum=1),
         default=DEFAULTS.centroid_grid,
         metavar="CENTROID_GRID",
         help="Grid in which the centroids are arranged at (rows cols; default: 2 2)",
     )
     parser.add_argument(
         "--n_centroids",
-        type=_number(int, "--n_centroids", minimum=1),
+        type=_number(int, minimum=1),
         default=DEFAULTS.n_centroids,
         help="If n_centroids is given, the centroids are initialized randomly "
         "(overrides --centroid_grid)",
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log_verbosity",
-        type=_number(int, "--log_verbosity", minimum=0, maximum=3),
+        type=_number(int, minimum=0, maximum=3),
         default=DEFAULTS.log_verbosity,
         help="TensorBoard log verbosity: 0 losses, accuracies and kernel images; "
         "1 adds gradients; 2 adds weight histograms; 3 adds activations (default: 0)",
@@ -111,14 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--n_filters",
         nargs=2,
-        type=_number(int, "--n_filters", minimum=1),
+        type=_number(int, minimum=1),
         default=DEFAULTS.n_filters,
         metavar="N_FILTERS",
         help="Number of filters in the conv layers (default: 24 48)",
     )
     parser.add_argument(
         "--n_epochs",
-        type=_number(int, "--n_epochs", minimum=1),
+        type=_number(int, minimum=1),
         default=DEFAULTS.n_epochs,
         help="Number of training epochs (default: 10)",
     )
@@ -131,26 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     more.add_argument(
         "--batch_size",
-        type=_number(int, "--batch_size", minimum=1),
+        type=_number(int, minimum=1),
         default=DEFAULTS.batch_size,
         help="Images per training step, per replica (default: 64)",
     )
     more.add_argument(
         "--learning_rate",
-        type=_number(float, "--learning_rate", minimum=0, exclusive_min=True),
+        type=_number(float, minimum=0, exclusive_min=True),
         default=DEFAULTS.learning_rate,
         help="Adam's initial learning rate (default: 0.001; the original used 0.01)",
     )
     more.add_argument(
         "--lr_decay",
-        type=_number(float, "--lr_decay", minimum=0, maximum=1, exclusive_min=True),
+        type=_number(float, minimum=0, maximum=1, exclusive_min=True),
         default=DEFAULTS.lr_decay,
         help="Learning rate factor per epoch (default: 0.75; 1 keeps it constant, as the "
         "original)",
     )
     more.add_argument(
         "--seed",
-        type=_number(int, "--seed", minimum=0, maximum=2**31 - 1),
+        type=_number(int, minimum=0, maximum=2**31 - 1),
         default=DEFAULTS.seed,
         help="Random seed; makes runs repeatable (deterministic ops). Default: a fresh seed, "
         "recorded in metrics.json",
@@ -169,12 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     more.add_argument(
         "--max_train_examples",
-        type=_number(int, "--max_train_examples", minimum=1),
+        type=_number(int, minimum=1),
         help="Train on the first N training images only (smoke runs)",
     )
     more.add_argument(
         "--max_test_examples",
-        type=_number(int, "--max_test_examples", minimum=1),
+        type=_number(int, minimum=1),
         help="Evaluate on the first N test images only (smoke runs)",
     )
     more.add_argument(
@@ -243,6 +244,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         )
     if not config.logdir:
         raise UsageError("--logdir must not be empty")
+    if config.distribute == "multi_worker" and not os.environ.get("TF_CONFIG"):
+        raise UsageError(
+            "--distribute multi_worker needs the TF_CONFIG environment variable "
+            "(cluster and task of this worker); see the README"
+        )
     return config
 
 

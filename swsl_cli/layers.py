@@ -19,6 +19,7 @@ IMPLEMENTATIONS = ("conv", "local")
 
 def _positive_pair(value, name: str) -> tuple[int, int]:
     """Normalises an int or a pair of ints to a pair of positive ints."""
+    received = value
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value), int(value))
     if (
@@ -27,6 +28,7 @@ def _positive_pair(value, name: str) -> tuple[int, int]:
         or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
         or min(value) < 1
     ):
+        value = received
         raise ValueError(
             f"Expected `{name}` to be a positive int or a pair of positive ints. "
             f"Received {name}={value!r}."
@@ -62,13 +64,15 @@ def similarity_from_distance(squared: "keras.KerasTensor", similarity: str, norm
     """Similarity coefficients from squared distances, reduced over the last (S) axis.
 
     `exp` is `exp(-d^2)`; `inv_euclidean` is `1 / (1 + d)`. With `normalize` the
-    coefficients are divided by their sum over S; for `exp` that is a softmax of
-    `-d^2`, which stays finite when every `exp(-d^2)` underflows.
+    coefficients are divided by their sum over S; for `exp` the smallest distance
+    is subtracted first (a softmax of `-d^2`), which stays finite when every
+    `exp(-d^2)` would underflow.
     """
     if similarity == "exp":
-        if normalize:
-            return ops.softmax(-squared, axis=-1)
-        return ops.exp(-squared)
+        if not normalize:
+            return ops.exp(-squared)
+        shifted = ops.exp(ops.min(squared, axis=-1, keepdims=True) - squared)
+        return shifted / ops.sum(shifted, axis=-1, keepdims=True)
     positive = squared > 0
     # sqrt has an infinite gradient at 0 (a centroid exactly on a cell centre):
     # take the root only where it is positive, so the gradient there is 0.

@@ -1,0 +1,44 @@
+"""Shared fixtures: offline, quiet, and the real MNIST files beside the checkout."""
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["SWSL_OFFLINE"] = "1"  # no test may reach the network
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    assert (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), f"real MNIST expected in {MNIST_DIR}"
+    return MNIST_DIR
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:
+    """Writes `array` (uint8) as an IDX file, gzip-compressed when `compress`."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+@pytest.fixture
+def small_idx_dir(tmp_path) -> Path:
+    """A tiny MNIST-shaped IDX folder: 40 train, 20 test random images."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for split, count in (("train", 40), ("t10k", 20)):
+        write_idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)), 2051)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (count,)), 2049)
+    return folder

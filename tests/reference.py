@@ -1,0 +1,62 @@
+"""An independent numpy reference of the SISWS formula, written from the issue's contract."""
+
+import numpy as np
+
+
+def same_padding(length, kernel, stride):
+    out = -(-length // stride)
+    total = max((out - 1) * stride + kernel - length, 0)
+    return out, total // 2
+
+
+def conv2d(x, kernel, stride, padding):
+    """Plain cross-correlation, NHWC, as Keras's Conv2D."""
+    batch, rows, cols, _ = x.shape
+    kh, kw, _, out_channels = kernel.shape
+    if padding == "same":
+        out_rows, top = same_padding(rows, kh, stride)
+        out_cols, left = same_padding(cols, kw, stride)
+        pad_rows = max((out_rows - 1) * stride + kh - rows, 0)
+        pad_cols = max((out_cols - 1) * stride + kw - cols, 0)
+        x = np.pad(x, [(0, 0), (top, pad_rows - top), (left, pad_cols - left), (0, 0)])
+    else:
+        out_rows, out_cols = (rows - kh) // stride + 1, (cols - kw) // stride + 1
+    out = np.zeros((batch, out_rows, out_cols, out_channels), np.float64)
+    for i in range(out_rows):
+        for j in range(out_cols):
+            patch = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw, :]
+            out[:, i, j] = np.tensordot(patch, kernel, axes=([1, 2, 3], [0, 1, 2]))
+    return out
+
+
+def similarities(centroids, sigma, rows, cols, scaling, kind, normalize):
+    """`(rows, cols, G, S)`: d = Sigma_s (c_s - p_ij), exp(-|d|^2) or 1/(1+|d|)."""
+    ys, xs = np.linspace(0, scaling, rows), np.linspace(0, scaling, cols)
+    groups, count = centroids.shape[:2]
+    out = np.zeros((rows, cols, groups, count))
+    for i in range(rows):
+        for j in range(cols):
+            p = np.array([ys[i], xs[j]])
+            for g in range(groups):
+                for s in range(count):
+                    d = sigma[g, s] @ (centroids[g, s] - p)
+                    norm2 = float(d @ d)
+                    out[i, j, g, s] = np.exp(-norm2) if kind == "exp" else 1 / (1 + np.sqrt(norm2))
+    if normalize:
+        out /= out.sum(-1, keepdims=True)
+    return out
+
+
+def sisws(x, kernel, bias, centroids, sigma, filters, stride, padding, scaling=1.0,
+          kind="exp", normalize=True, activation=lambda v: v):
+    """activation(sum_s S[i, j, f or 0, s] * (conv(x)[..., f*S+s] + bias[f*S+s]))."""
+    count = centroids.shape[1]
+    conv = conv2d(x.astype(np.float64), kernel.astype(np.float64), stride, padding) + bias
+    rows, cols = conv.shape[1:3]
+    sims = similarities(centroids, sigma, rows, cols, scaling, kind, normalize)
+    out = np.zeros(conv.shape[:3] + (filters,))
+    for f in range(filters):
+        g = f if centroids.shape[0] > 1 else 0
+        for s in range(count):
+            out[..., f] += sims[:, :, g, s] * conv[..., f * count + s]
+    return activation(out)

@@ -1,0 +1,141 @@
+"""Command line: the seed's flags, further options, and every refusal (before TensorFlow loads)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from swsl_cli.cli import UsageError, main, parse_args
+from swsl_cli.config import Config
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "swsl_cli", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def test_defaults_are_the_seeds():
+    config = parse_args([])
+    assert config == Config()
+    assert config.centroid_grid == (2, 2) and config.n_filters == (24, 48)
+    assert config.n_epochs == 10 and config.logdir == "tensorboard"
+    assert config.color_coding is False and config.centroids_trainable is False
+    assert config.n_centroids is None and config.log_verbosity == 0
+    assert config.centroids == (2, 2)
+
+
+def test_readme_command_parses():
+    config = parse_args("--centroids_trainable --n_filters 24 48 --centroid_grid 3 3".split())
+    assert config.centroids_trainable and config.n_filters == (24, 48)
+    assert config.centroid_grid == (3, 3) and config.kcp_count == 9
+
+
+def test_random_centroids_override_the_grid():
+    config = parse_args(["--n_centroids", "5", "--centroid_grid", "3", "3"])
+    assert config.centroids == 5 and config.kcp_count == 5
+
+
+def test_color_coding_can_be_turned_on_and_off():
+    assert parse_args(["--color_coding"]).color_coding is True
+    assert parse_args(["--color_coding", "--no-color_coding"]).color_coding is False
+
+
+def test_further_options():
+    config = parse_args(
+        "--data_dir d --batch_size 32 --learning_rate 0.01 --seed 3 --run_name r --layer conv "
+        "--max_train_examples 100 --max_test_examples 50 --quiet --resume --distribute mirrored "
+        "--log_verbosity 3 --lr_decay 1 --precision float32 --jit_compile off".split()
+    )
+    assert (config.data_dir, config.batch_size, config.learning_rate, config.seed) == ("d", 32, 0.01, 3)
+    assert (config.run_name, config.layer, config.quiet, config.resume) == ("r", "conv", True, True)
+    assert (config.max_train_examples, config.max_test_examples) == (100, 50)
+    assert (config.distribute, config.log_verbosity, config.lr_decay) == ("mirrored", 3, 1.0)
+
+
+REFUSALS = [
+    (["--centroid_grid", "3"], "expected 2 arguments"),
+    (["--centroid_grid", "3", "0"], "argument --centroid_grid: must be >= 1, got '0'"),
+    (["--centroid_grid", "3", "-2"], "argument --centroid_grid: must be >= 1"),
+    (["--centroid_grid", "a", "b"], "argument --centroid_grid: must be an integer, got 'a'"),
+    (["--n_centroids", "0"], "argument --n_centroids: must be >= 1"),
+    (["--n_centroids", "2.5"], "argument --n_centroids: must be an integer"),
+    (["--n_filters", "24"], "expected 2 arguments"),
+    (["--n_filters", "24", "0"], "argument --n_filters: must be >= 1"),
+    (["--n_epochs", "0"], "argument --n_epochs: must be >= 1"),
+    (["--n_epochs", "ten"], "argument --n_epochs: must be an integer"),
+    (["--log_verbosity", "4"], "argument --log_verbosity: must be >= 0 and <= 3"),
+    (["--log_verbosity", "-1"], "argument --log_verbosity: must be >= 0 and <= 3"),
+    (["--batch_size", "0"], "argument --batch_size: must be >= 1"),
+    (["--learning_rate", "0"], "argument --learning_rate: must be > 0"),
+    (["--learning_rate", "-0.1"], "argument --learning_rate: must be > 0"),
+    (["--learning_rate", "nan"], "argument --learning_rate: must be finite"),
+    (["--learning_rate", "fast"], "argument --learning_rate: must be a number"),
+    (["--lr_decay", "1.5"], "argument --lr_decay: must be > 0 and <= 1"),
+    (["--seed", "-1"], "argument --seed: must be >= 0"),
+    (["--max_train_examples", "0"], "argument --max_train_examples: must be >= 1"),
+    (["--max_test_examples", "-5"], "argument --max_test_examples: must be >= 1"),
+    (["--run_name", "a/b"], "argument --run_name: must be a plain folder name"),
+    (["--run_name", ".."], "argument --run_name: must be a plain folder name"),
+    (["--layer", "dense"], "invalid choice: 'dense'"),
+    (["--distribute", "tpu"], "invalid choice: 'tpu'"),
+    (["--logdir", ""], "--logdir must not be empty"),
+    (["--color_coding", "--centroid_grid", "4", "4"], "--color_coding supports at most 12 centroids, got 16"),
+    (["--color_coding", "--n_centroids", "13"], "at most 12 centroids, got 13"),
+    (["--unknown_flag"], "unrecognized arguments: --unknown_flag"),
+]
+
+
+@pytest.mark.parametrize("argv, message", REFUSALS)
+def test_refusals(argv, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        parse_args(argv)
+
+
+def test_color_coding_with_many_centroids_is_fine_for_the_conv_baseline():
+    assert parse_args(["--color_coding", "--centroid_grid", "4", "4", "--layer", "conv"]).color_coding
+
+
+def test_main_reports_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["--n_epochs", "0", "--logdir", str(tmp_path / "tb")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("swsl-train: error: argument --n_epochs: must be >= 1")
+    assert not (tmp_path / "tb").exists()
+
+
+def test_multi_worker_without_tf_config_is_a_usage_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UsageError, match="TF_CONFIG"):
+        parse_args(["--distribute", "multi_worker"])
+
+
+def test_help_and_refusals_never_import_tensorflow(tmp_path):
+    probe = (
+        "import sys\n"
+        "from swsl_cli.cli import main\n"
+        "for argv in (['--help'], ['--n_filters', '1']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'tensorflow_datasets') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in result.stdout
+    assert "--centroid_grid" in result.stdout
+
+
+def test_module_entry_point_exit_status_and_no_traceback(tmp_path):
+    result = run_cli("--centroid_grid", "2", "x", "--logdir", str(tmp_path / "tb"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "swsl-train: error: argument --centroid_grid: must be an integer, got 'x' (see swsl-train --help)"
+    ]
+    assert not (tmp_path / "tb").exists()
+    help_text = run_cli("-h")
+    assert help_text.returncode == 0 and "further options" in help_text.stdout

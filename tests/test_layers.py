@@ -1,0 +1,263 @@
+"""SoftWeightSharingConv2D and LocalResponseNormalization against numpy references.
+
+Uses only keras and numpy, so it runs on every backend: `make test` runs it
+under TensorFlow and again under `KERAS_BACKEND=torch`.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from swsl_cli import LocalResponseNormalization, SoftWeightSharingConv2D
+from swsl_cli.layers import grid_centroids
+from tests import reference
+
+RNG = np.random.default_rng(42)
+
+
+def built_layer(input_shape, randomize_sigma=True, **kwargs):
+    layer = SoftWeightSharingConv2D(bias_initializer="random_normal", **kwargs)
+    layer.build(input_shape)
+    if randomize_sigma:
+        # A non-identity Sigma checks the order of Sigma @ (c - p).
+        sigma = np.eye(2) * 1.5 + RNG.normal(0, 0.5, layer.sigma.shape)
+        layer.sigma.assign(sigma.astype("float32"))
+    return layer
+
+
+def reference_output(layer, x, activation=lambda v: v):
+    return reference.sisws(
+        x,
+        ops.convert_to_numpy(layer.kernel),
+        ops.convert_to_numpy(layer.bias),
+        ops.convert_to_numpy(layer.centroid_positions).astype(np.float64),
+        ops.convert_to_numpy(layer.sigma).astype(np.float64),
+        layer.filters,
+        layer.strides[0],
+        layer.padding,
+        scaling=layer.scaling,
+        kind=layer.similarity,
+        normalize=layer.local_normalization,
+        activation=activation,
+    )
+
+
+CASES = {
+    "grid-shared": dict(centroids=(2, 2)),
+    "grid-3x2-trainable-per-feature": dict(centroids=(3, 2), centroids_trainable=True, per_feature=True),
+    "random-shared": dict(centroids=5, seed=7),
+    "random-per-feature": dict(centroids=3, per_feature=True, seed=1),
+    "inv-euclidean": dict(centroids=(2, 3), similarity="inv_euclidean"),
+    "inv-euclidean-unnormalized": dict(centroids=(2, 2), similarity="inv_euclidean", local_normalization=False),
+    "exp-unnormalized-scaled": dict(centroids=(2, 2), local_normalization=False, scaling=2.0),
+    "stride-2-valid": dict(centroids=(2, 2), strides=2, padding="valid"),
+    "stride-2-same": dict(centroids=(2, 2), strides=2, padding="same", per_feature=True, centroids_trainable=True),
+}
+
+
+@pytest.mark.parametrize("implementation", ["conv", "local"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_numpy_reference(case, implementation):
+    x = RNG.random((2, 9, 8, 3)).astype("float32")
+    layer = built_layer(x.shape, filters=4, kernel_size=3, implementation=implementation, **CASES[case])
+    expected = reference_output(layer, x)
+    got = ops.convert_to_numpy(layer(x))
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_activation_is_applied_after_mixing():
+    x = RNG.normal(size=(2, 6, 6, 2)).astype("float32")
+    layer = built_layer(x.shape, filters=3, kernel_size=3, activation="relu")
+    expected = reference_output(layer, x, activation=lambda v: np.maximum(v, 0))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), expected, rtol=1e-4, atol=1e-4)
+    assert (ops.convert_to_numpy(layer(x)) >= 0).all()
+
+
+def test_grid_positions_are_row_major_linspace():
+    grid = grid_centroids(2, 3, scaling=1.0)
+    np.testing.assert_allclose(grid[:, 0], [1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3], atol=1e-6)
+    np.testing.assert_allclose(grid[:, 1], [0.25, 0.5, 0.75] * 2, atol=1e-6)
+    layer = built_layer((1, 8, 8, 1), randomize_sigma=False, filters=2, kernel_size=3, centroids=(2, 3))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.centroid_positions)[0], grid, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.sigma)[0, 0], np.eye(2))
+
+
+def test_random_centroids_are_seeded_and_in_range():
+    def centroids(seed):
+        layer = built_layer((1, 8, 8, 1), filters=2, kernel_size=3, centroids=6, seed=seed, scaling=2.0)
+        return ops.convert_to_numpy(layer.centroid_positions)
+
+    first, again, other = centroids(3), centroids(3), centroids(4)
+    assert first.shape == (1, 6, 2)
+    assert ((first >= 0) & (first < 2.0)).all()
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+
+
+def test_shapes_of_weights_and_similarity_map():
+    layer = built_layer((2, 10, 10, 3), filters=5, kernel_size=(3, 2), centroids=(2, 2), per_feature=True, centroids_trainable=True)
+    assert tuple(layer.kernel.shape) == (3, 2, 3, 20)
+    assert tuple(layer.bias.shape) == (20,)
+    assert tuple(layer.centroid_positions.shape) == (5, 4, 2)
+    assert tuple(layer.sigma.shape) == (5, 4, 2, 2)
+    similarity = ops.convert_to_numpy(layer.similarity_map())
+    assert similarity.shape == (10, 10, 5, 4)
+    np.testing.assert_allclose(similarity.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_fixed_grid_collapses_per_feature_to_shared():
+    layer = SoftWeightSharingConv2D(6, 3, centroids=(2, 2), per_feature=True)
+    assert layer.per_feature is False and layer.groups == 1
+    random_layer = SoftWeightSharingConv2D(6, 3, centroids=4, per_feature=True)
+    assert random_layer.per_feature is True and random_layer.groups == 6
+
+
+def test_one_by_one_grid_equals_plain_convolution():
+    x = RNG.random((2, 7, 7, 2)).astype("float32")
+    layer = built_layer(x.shape, filters=3, kernel_size=3, centroids=(1, 1), randomize_sigma=False)
+    conv = keras.layers.Conv2D(3, 3, padding="same")
+    conv.build(x.shape)
+    conv.set_weights([ops.convert_to_numpy(layer.kernel), ops.convert_to_numpy(layer.bias)])
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), ops.convert_to_numpy(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+def _one_sgd_step(layer, x):
+    model = keras.Sequential([keras.Input(x.shape[1:]), layer, keras.layers.GlobalAveragePooling2D()])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    before = {w.name: ops.convert_to_numpy(w).copy() for w in layer.weights}
+    model.train_on_batch(x, RNG.normal(size=(len(x), layer.filters)).astype("float32") * 10)
+    return {w.name: not np.allclose(before[w.name], ops.convert_to_numpy(w)) for w in layer.weights}
+
+
+@pytest.mark.parametrize("similarity", ["exp", "inv_euclidean"])
+def test_gradients_reach_centroids_and_sigma_when_trainable(similarity):
+    x = RNG.random((4, 8, 8, 2)).astype("float32")
+    layer = SoftWeightSharingConv2D(3, 3, centroids=(2, 2), centroids_trainable=True, similarity=similarity)
+    changed = _one_sgd_step(layer, x)
+    assert changed == {"kernel": True, "bias": True, "centroids": True, "sigma": True}
+    trainable = {w.name for w in layer.trainable_weights}
+    assert trainable == {"kernel", "bias", "centroids", "sigma"}
+
+
+def test_no_gradient_step_for_fixed_centroids_and_sigma():
+    x = RNG.random((4, 8, 8, 2)).astype("float32")
+    layer = SoftWeightSharingConv2D(3, 3, centroids=(2, 2))
+    changed = _one_sgd_step(layer, x)
+    assert changed == {"kernel": True, "bias": True, "centroids": False, "sigma": False}
+    assert {w.name for w in layer.non_trainable_weights} == {"centroids", "sigma"}
+
+
+def test_sigma_trainable_alone():
+    layer = SoftWeightSharingConv2D(3, 3, centroids=3, sigma_trainable=True)
+    layer.build((1, 8, 8, 1))
+    assert {w.name for w in layer.trainable_weights} == {"kernel", "bias", "sigma"}
+
+
+def test_inv_euclidean_gradient_is_finite_when_a_centroid_sits_on_a_cell():
+    # A 2x2 grid on a 7x7 output puts centroids at 1/3 and 2/3, exactly on cells 2 and 4.
+    x = RNG.random((2, 7, 7, 1)).astype("float32")
+    layer = SoftWeightSharingConv2D(2, 3, centroids=(2, 2), centroids_trainable=True, similarity="inv_euclidean")
+    _one_sgd_step(layer, x)
+    assert all(np.isfinite(ops.convert_to_numpy(w)).all() for w in layer.weights)
+
+
+def test_config_round_trip():
+    layer = SoftWeightSharingConv2D(
+        4, (3, 5), centroids=(3, 2), strides=2, padding="valid", activation="relu",
+        centroids_trainable=True, sigma_trainable=False, per_feature=True,
+        local_normalization=False, similarity="inv_euclidean", scaling=2.0, seed=3,
+        implementation="local", name="sws",
+    )
+    config = layer.get_config()
+    clone = SoftWeightSharingConv2D.from_config(config)
+    assert clone.get_config() == config
+    for key, value in {
+        "filters": 4, "kernel_size": (3, 5), "centroids": (3, 2), "strides": (2, 2),
+        "padding": "valid", "centroids_trainable": True, "sigma_trainable": False,
+        "per_feature": True, "local_normalization": False, "similarity": "inv_euclidean",
+        "scaling": 2.0, "seed": 3, "implementation": "local",
+    }.items():
+        assert config[key] == value, key
+
+
+def test_model_survives_save_and_load(tmp_path):
+    x = RNG.random((3, 12, 12, 1)).astype("float32")
+    inputs = keras.Input((12, 12, 1))
+    hidden = SoftWeightSharingConv2D(4, 3, centroids=5, per_feature=True, centroids_trainable=True, activation="relu")(inputs)
+    hidden = LocalResponseNormalization()(hidden)
+    model = keras.Model(inputs, keras.layers.Flatten()(hidden))
+    model.get_layer(index=1).sigma.assign(np.full((4, 5, 2, 2), 0.3, "float32"))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(ops.convert_to_numpy(model(x)), ops.convert_to_numpy(loaded(x)))
+    assert isinstance(loaded.get_layer(index=1), SoftWeightSharingConv2D)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(filters=0, kernel_size=3), "filters=0"),
+        (dict(filters=2, kernel_size=3, centroids=(2,)), "centroids=(2,)"),
+        (dict(filters=2, kernel_size=3, centroids=(2, 0)), "centroids=(2, 0)"),
+        (dict(filters=2, kernel_size=3, centroids=0), "centroids=0"),
+        (dict(filters=2, kernel_size=3, centroids=(2.5, 2)), "centroids=(2.5, 2)"),
+        (dict(filters=2, kernel_size=3, centroids="2x2"), "centroids='2x2'"),
+        (dict(filters=2, kernel_size=3, similarity="gauss"), "similarity='gauss'"),
+        (dict(filters=2, kernel_size=3, padding="causal"), "padding='causal'"),
+        (dict(filters=2, kernel_size=0), "kernel_size=0"),
+        (dict(filters=2, kernel_size=3, scaling=0), "scaling=0"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SoftWeightSharingConv2D(**kwargs)
+
+
+def test_input_without_static_size_is_refused():
+    layer = SoftWeightSharingConv2D(2, 3)
+    with pytest.raises(ValueError, match="static rows"):
+        layer.build((None, None, None, 1))
+
+
+def test_input_smaller_than_kernel_with_valid_padding_is_refused():
+    with pytest.raises(ValueError, match="smaller than kernel_size"):
+        SoftWeightSharingConv2D(2, 5, padding="valid").build((1, 3, 3, 1))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_keeps_similarities_float32(policy):
+    x = RNG.random((2, 8, 8, 2)).astype("float32")
+    reference_layer = built_layer(x.shape, filters=3, kernel_size=3, centroids=(2, 2))
+    expected = ops.convert_to_numpy(reference_layer(x))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        layer = SoftWeightSharingConv2D(3, 3, centroids=(2, 2))
+        layer.build(x.shape)
+        layer.set_weights(reference_layer.get_weights())
+        out = layer(x)
+        assert layer.centroid_positions.dtype == "float32" and layer.sigma.dtype == "float32"
+        assert ops.convert_to_numpy(layer.similarity_map()).dtype == np.float32
+        assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
+        np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(out, "float32")), expected, atol=0.05)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def numpy_lrn(x, radius=5, bias=1.0, alpha=1e-4, beta=0.75):
+    squares = np.square(x.astype(np.float64))
+    channels = x.shape[-1]
+    window = np.stack(
+        [squares[..., max(0, d - radius) : d + radius + 1].sum(-1) for d in range(channels)], -1
+    )
+    return x / (bias + alpha * window) ** beta
+
+
+@pytest.mark.parametrize("radius, alpha", [(5, 1e-4), (2, 0.5), (0, 1.0)])
+def test_local_response_normalization_matches_formula(radius, alpha):
+    x = RNG.normal(size=(2, 4, 4, 9)).astype("float32") * 3
+    layer = LocalResponseNormalization(depth_radius=radius, alpha=alpha)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), numpy_lrn(x, radius, 1.0, alpha), rtol=1e-5)
+    assert LocalResponseNormalization.from_config(layer.get_config()).get_config() == layer.get_config()
