@@ -174,11 +174,11 @@ def load_tfds(data_dir: str | None) -> MnistArrays:
         builder.download_and_prepare()
     splits = {}
     for split in ("train", "test"):
-        images, labels = tfds.as_numpy(
-            builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
+        batches = list(
+            tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(10000))
         )
-        splits[f"x_{split}"] = images.reshape(-1, 28, 28)
-        splits[f"y_{split}"] = labels
+        splits[f"x_{split}"] = np.concatenate([images for images, _ in batches]).reshape(-1, 28, 28)
+        splits[f"y_{split}"] = np.concatenate([labels for _, labels in batches])
     return _checked(splits, source=f"tensorflow-datasets mnist ({builder.data_dir})")
 
 
