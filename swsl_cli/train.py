@@ -53,6 +53,24 @@ class StopOnRequest(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class EpochSeededRandomness(keras.callbacks.Callback):
+    """Restarts every seed generator (dropout) at a counter derived from the epoch.
+
+    Keras checkpoints hold weights and optimizer state but not the seed
+    generators' counters; deriving them from (seed, epoch) makes a resumed
+    epoch draw the same dropout masks as an uninterrupted one.
+    """
+
+    STEPS_PER_EPOCH_BOUND = 2**20
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for variable in self.model.non_trainable_variables:
+            if variable.name == "seed_generator_state":
+                state = keras.ops.convert_to_numpy(variable)
+                state[1] = epoch * self.STEPS_PER_EPOCH_BOUND
+                variable.assign(state)
+
+
 class EpochRecorder(keras.callbacks.Callback):
     """After each complete epoch: times it, saves the checkpoint, writes `metrics.json`."""
 
@@ -224,6 +242,7 @@ def run(config: Config, stream=None) -> int:
     probe = next(iter(data.test_dataset(arrays, 32)))
     callbacks = [
         StopOnRequest(state),
+        EpochSeededRandomness(),
         progress,
         tensorboard_callback(run_dir.root, config.log_verbosity),
         LayerSummaries(run_dir.root, config.color_coding, config.log_verbosity, probe),
