@@ -39,9 +39,7 @@ def _number(kind, minimum=None, maximum=None, exclusive_min=False):
             ) from None
         if kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-        too_small = minimum is not None and (
-            value <= minimum if exclusive_min else value < minimum
-        )
+        too_small = minimum is not None and (value <= minimum if exclusive_min else value < minimum)
         if too_small or (maximum is not None and value > maximum):
             low = "" if minimum is None else f"{'>' if exclusive_min else '>='} {minimum}"
             high = "" if maximum is None else f"<= {maximum}"
@@ -146,8 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr_decay",
         type=_number(float, minimum=0, maximum=1, exclusive_min=True),
         default=DEFAULTS.lr_decay,
-        help="Learning rate factor per epoch (default: 0.75; 1 keeps it constant, as the "
-        "original)",
+        help="Learning rate factor per epoch (default: 0.75; 1 keeps it constant, as the original)",
     )
     more.add_argument(
         "--seed",

@@ -82,7 +82,12 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def _idx_path(folder: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+    for name in (
+        stem + ".gz",
+        stem,
+        stem.replace("-idx", ".idx") + ".gz",
+        stem.replace("-idx", ".idx"),
+    ):
         if (folder / name).is_file():
             return folder / name
     return None
@@ -118,7 +123,9 @@ def _checked(arrays: dict, source: str) -> MnistArrays:
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise DataError(f"{source}: {split} images have shape {images.shape}, expected (N, 28, 28)")
+            raise DataError(
+                f"{source}: {split} images have shape {images.shape}, expected (N, 28, 28)"
+            )
         if labels.shape != (len(images),):
             raise DataError(
                 f"{source}: {len(images)} {split} images but labels of shape {labels.shape}"

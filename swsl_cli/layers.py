@@ -60,7 +60,7 @@ def conv_output_length(length: int, kernel: int, stride: int, padding: str) -> i
     return (length - kernel) // stride + 1
 
 
-def similarity_from_distance(squared: "keras.KerasTensor", similarity: str, normalize: bool):
+def similarity_from_distance(squared: keras.KerasTensor, similarity: str, normalize: bool):
     """Similarity coefficients from squared distances, reduced over the last (S) axis.
 
     `exp` is `exp(-d^2)`; `inv_euclidean` is `1 / (1 + d)`. With `normalize` the
@@ -343,9 +343,13 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
     def _mix_locally(self, inputs, weights):
         """Mix the kernels per cell, then apply them to the input's patches."""
         kernels = ops.reshape(self.kernel, (-1, self.filters, self.n_centroids))
-        local_kernels = ops.einsum("kfs,hwfs->hwkf", kernels, ops.broadcast_to(
-            weights, (self.output_rows, self.output_cols, self.filters, self.n_centroids)
-        ))
+        local_kernels = ops.einsum(
+            "kfs,hwfs->hwkf",
+            kernels,
+            ops.broadcast_to(
+                weights, (self.output_rows, self.output_cols, self.filters, self.n_centroids)
+            ),
+        )
         patches = ops.image.extract_patches(
             inputs, self.kernel_size, strides=self.strides, padding=self.padding
         )

@@ -57,4 +57,6 @@ class ProgressBar(keras.callbacks.Callback):
 
     def report(self, epoch: int, logs: dict, seconds: float, images: int) -> None:
         """Prints the epoch's summary line (called by the metrics recorder)."""
-        print(epoch_line(epoch + 1, self.epochs, logs, seconds, images), file=self.stream, flush=True)
+        print(
+            epoch_line(epoch + 1, self.epochs, logs, seconds, images), file=self.stream, flush=True
+        )

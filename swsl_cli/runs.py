@@ -121,12 +121,13 @@ def create(config: Config, now: float | None = None) -> tuple[RunDir, Config]:
 
 def _latest_run(logdir: Path) -> Path:
     candidates = [
-        path.parent.parent
-        for path in logdir.glob(f"*/{CHECKPOINT_DIR}/{CHECKPOINT_STATE}")
+        path.parent.parent for path in logdir.glob(f"*/{CHECKPOINT_DIR}/{CHECKPOINT_STATE}")
     ]
     if not candidates:
         raise RunError(f"--resume: no run with a checkpoint in --logdir {logdir}")
-    return max(candidates, key=lambda path: (path / CHECKPOINT_DIR / CHECKPOINT_STATE).stat().st_mtime)
+    return max(
+        candidates, key=lambda path: (path / CHECKPOINT_DIR / CHECKPOINT_STATE).stat().st_mtime
+    )
 
 
 def resume(config: Config) -> tuple[RunDir, Config, dict]:

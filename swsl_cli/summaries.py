@@ -131,7 +131,9 @@ class LayerSummaries(keras.callbacks.Callback):
         with tf.name_scope("activations"):
             for layer, output in zip(self.model.layers[1:], probe(self.probe_images)):
                 tf.summary.histogram(layer.name, output)
-                tf.summary.scalar(f"{layer.name}_sparsity", tf.reduce_mean(tf.cast(output == 0, tf.float32)))
+                tf.summary.scalar(
+                    f"{layer.name}_sparsity", tf.reduce_mean(tf.cast(output == 0, tf.float32))
+                )
 
     def on_train_end(self, logs=None):
         self.writer.close()

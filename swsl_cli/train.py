@@ -27,8 +27,10 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 class RunState:
     """Why training stopped early, shared by the signal handlers and callbacks."""
 
+    started: float
     signal_name: str | None = None
     nonfinite_at: tuple[int, int] | None = None
+    first_step_s: float | None = None
     epochs: list = field(default_factory=list)
 
     @property
@@ -47,6 +49,8 @@ class StopOnRequest(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.state.first_step_s is None:
+            self.state.first_step_s = round(time.perf_counter() - self.state.started, 3)
         if logs and not math.isfinite(float(logs["loss"])):
             self.state.nonfinite_at = (self.epoch, batch)
         if self.state.stopped:
@@ -111,7 +115,9 @@ class EpochRecorder(keras.callbacks.Callback):
         temporary = folder / ("partial-" + runs.CHECKPOINT_MODEL)
         self.model.save(temporary)
         os.replace(temporary, self.run.checkpoint_model)
-        runs.write_json(self.run.checkpoint_state, {"epoch": completed, "epochs": self.state.epochs})
+        runs.write_json(
+            self.run.checkpoint_state, {"epoch": completed, "epochs": self.state.epochs}
+        )
 
 
 def device_report() -> str:
@@ -119,7 +125,9 @@ def device_report() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return "no GPU: training on CPU"
-    names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
+    names = [
+        tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus
+    ]
     return "GPU: " + ", ".join(f"{i}: {name}" for i, name in enumerate(names))
 
 
@@ -214,12 +222,14 @@ def run(config: Config, stream=None) -> int:
     with strategy.scope():
         if saved is not None:
             model = keras.models.load_model(run_dir.checkpoint_model)
-            print(f"resuming after epoch {start_epoch} from {run_dir.checkpoint_model}", file=stream)
+            print(
+                f"resuming after epoch {start_epoch} from {run_dir.checkpoint_model}", file=stream
+            )
         else:
             model = build_model(config, seed=config.seed)
             compile_model(model, config, steps, settings["jit_compile"])
 
-    state = RunState(epochs=list(saved["epochs"]) if saved else [])
+    state = RunState(started, epochs=list(saved["epochs"]) if saved else [])
 
     def write_metrics(status: str, **final) -> None:
         runs.write_json(
@@ -234,6 +244,7 @@ def run(config: Config, stream=None) -> int:
                 "data": arrays.source,
                 "epochs": state.epochs,
                 "wall_time_s": round(time.perf_counter() - started, 3),
+                "time_to_first_step_s": state.first_step_s,
                 **final,
             },
         )
@@ -252,7 +263,9 @@ def run(config: Config, stream=None) -> int:
     handlers = _install_signal_handlers(state)
     try:
         model.fit(
-            data.train_dataset(arrays, global_batch, config.seed, range(start_epoch, config.n_epochs)),
+            data.train_dataset(
+                arrays, global_batch, config.seed, range(start_epoch, config.n_epochs)
+            ),
             epochs=config.n_epochs,
             initial_epoch=start_epoch,
             steps_per_epoch=steps,
@@ -307,5 +320,8 @@ def main(config: Config) -> int:
     except (runs.RunError, data.DataError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
     except OSError as error:
-        print(f"{PROG}: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(
+            f"{PROG}: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
     return 1

@@ -12,23 +12,26 @@ import numpy as np
 
 # ColorBrewer "Paired" (qualitative, 12 classes), strong hues first so that a
 # few centroids get clearly different colours.
-PALETTE = np.array(
-    [
-        (31, 120, 180),
-        (51, 160, 44),
-        (227, 26, 28),
-        (255, 127, 0),
-        (106, 61, 154),
-        (177, 89, 40),
-        (166, 206, 227),
-        (178, 223, 138),
-        (251, 154, 153),
-        (253, 191, 111),
-        (202, 178, 214),
-        (255, 255, 153),
-    ],
-    dtype=np.float32,
-) / 255.0
+PALETTE = (
+    np.array(
+        [
+            (31, 120, 180),
+            (51, 160, 44),
+            (227, 26, 28),
+            (255, 127, 0),
+            (106, 61, 154),
+            (177, 89, 40),
+            (166, 206, 227),
+            (178, 223, 138),
+            (251, 154, 153),
+            (253, 191, 111),
+            (202, 178, 214),
+            (255, 255, 153),
+        ],
+        dtype=np.float32,
+    )
+    / 255.0
+)
 
 SAMPLE_STEP = 3  # every third output cell, as the original visualisation
 

@@ -16,7 +16,9 @@ MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    assert (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), f"real MNIST expected in {MNIST_DIR}"
+    assert (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), (
+        f"real MNIST expected in {MNIST_DIR}"
+    )
     return MNIST_DIR
 
 
@@ -39,6 +41,8 @@ def small_idx_dir(tmp_path) -> Path:
     folder = tmp_path / "idx"
     folder.mkdir()
     for split, count in (("train", 40), ("t10k", 20)):
-        write_idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)), 2051)
+        write_idx(
+            folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)), 2051
+        )
         write_idx(folder / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (count,)), 2049)
     return folder

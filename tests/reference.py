@@ -47,8 +47,20 @@ def similarities(centroids, sigma, rows, cols, scaling, kind, normalize):
     return out
 
 
-def sisws(x, kernel, bias, centroids, sigma, filters, stride, padding, scaling=1.0,
-          kind="exp", normalize=True, activation=lambda v: v):
+def sisws(
+    x,
+    kernel,
+    bias,
+    centroids,
+    sigma,
+    filters,
+    stride,
+    padding,
+    scaling=1.0,
+    kind="exp",
+    normalize=True,
+    activation=lambda v: v,
+):
     """activation(sum_s S[i, j, f or 0, s] * (conv(x)[..., f*S+s] + bias[f*S+s]))."""
     count = centroids.shape[1]
     conv = conv2d(x.astype(np.float64), kernel.astype(np.float64), stride, padding) + bias

@@ -13,7 +13,10 @@ from swsl_cli.config import Config
 def run_cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "swsl_cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
 
@@ -50,7 +53,12 @@ def test_further_options():
         "--max_train_examples 100 --max_test_examples 50 --quiet --resume --distribute mirrored "
         "--log_verbosity 3 --lr_decay 1 --precision float32 --jit_compile off".split()
     )
-    assert (config.data_dir, config.batch_size, config.learning_rate, config.seed) == ("d", 32, 0.01, 3)
+    assert (config.data_dir, config.batch_size, config.learning_rate, config.seed) == (
+        "d",
+        32,
+        0.01,
+        3,
+    )
     assert (config.run_name, config.layer, config.quiet, config.resume) == ("r", "conv", True, True)
     assert (config.max_train_examples, config.max_test_examples) == (100, 50)
     assert (config.distribute, config.log_verbosity, config.lr_decay) == ("mirrored", 3, 1.0)
@@ -83,7 +91,10 @@ REFUSALS = [
     (["--layer", "dense"], "invalid choice: 'dense'"),
     (["--distribute", "tpu"], "invalid choice: 'tpu'"),
     (["--logdir", ""], "--logdir must not be empty"),
-    (["--color_coding", "--centroid_grid", "4", "4"], "--color_coding supports at most 12 centroids, got 16"),
+    (
+        ["--color_coding", "--centroid_grid", "4", "4"],
+        "--color_coding supports at most 12 centroids, got 16",
+    ),
     (["--color_coding", "--n_centroids", "13"], "at most 12 centroids, got 13"),
     (["--unknown_flag"], "unrecognized arguments: --unknown_flag"),
 ]
@@ -96,7 +107,9 @@ def test_refusals(argv, message):
 
 
 def test_color_coding_with_many_centroids_is_fine_for_the_conv_baseline():
-    assert parse_args(["--color_coding", "--centroid_grid", "4", "4", "--layer", "conv"]).color_coding
+    assert parse_args(
+        ["--color_coding", "--centroid_grid", "4", "4", "--layer", "conv"]
+    ).color_coding
 
 
 def test_main_reports_one_line_and_exit_2(tmp_path, capsys):
@@ -125,7 +138,9 @@ def test_help_and_refusals_never_import_tensorflow(tmp_path):
         "heavy = [m for m in ('tensorflow', 'keras', 'tensorflow_datasets') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
     assert "HEAVY []" in result.stdout
     assert "--centroid_grid" in result.stdout
 

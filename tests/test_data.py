@@ -32,7 +32,13 @@ def test_uncompressed_idx_and_limits(small_idx_dir, tmp_path):
 def test_npz(small_idx_dir, tmp_path):
     arrays = data.load_mnist(str(small_idx_dir))
     path = tmp_path / "mnist.npz"
-    np.savez(path, x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test)
+    np.savez(
+        path,
+        x_train=arrays.x_train,
+        y_train=arrays.y_train,
+        x_test=arrays.x_test,
+        y_test=arrays.y_test,
+    )
     for source in (path, tmp_path):  # the file, or a folder holding mnist.npz
         loaded = data.load_mnist(str(source))
         np.testing.assert_array_equal(loaded.x_test, arrays.x_test)
@@ -41,15 +47,50 @@ def test_npz(small_idx_dir, tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda d: (d / "train-images-idx3-ubyte.gz").unlink(), "lacks MNIST IDX files: train-images-idx3-ubyte"),
-        (lambda d: (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 20)), "magic number 2051, expected 2049"),
-        (lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(gzip.decompress((d / "train-images-idx3-ubyte.gz").read_bytes())[:-100])), "truncated"),
-        (lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all"), "cannot read"),
-        (lambda d: (d / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00")), "not even an IDX header"),
-        (lambda d: write_idx(d / "train-labels-idx1-ubyte", np.full(40, 12), 2049), "labels outside 0..9"),
-        (lambda d: write_idx(d / "train-labels-idx1-ubyte", np.zeros(39), 2049), "40 train images but labels of shape"),
+        (
+            lambda d: (d / "train-images-idx3-ubyte.gz").unlink(),
+            "lacks MNIST IDX files: train-images-idx3-ubyte",
+        ),
+        (
+            lambda d: (d / "t10k-labels-idx1-ubyte.gz").write_bytes(
+                gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 20)
+            ),
+            "magic number 2051, expected 2049",
+        ),
+        (
+            lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(
+                gzip.compress(
+                    gzip.decompress((d / "train-images-idx3-ubyte.gz").read_bytes())[:-100]
+                )
+            ),
+            "truncated",
+        ),
+        (
+            lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all"),
+            "cannot read",
+        ),
+        (
+            lambda d: (d / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00")),
+            "not even an IDX header",
+        ),
+        (
+            lambda d: write_idx(d / "train-labels-idx1-ubyte", np.full(40, 12), 2049),
+            "labels outside 0..9",
+        ),
+        (
+            lambda d: write_idx(d / "train-labels-idx1-ubyte", np.zeros(39), 2049),
+            "40 train images but labels of shape",
+        ),
     ],
-    ids=["missing", "wrong-magic", "truncated", "not-gzip", "header-cut", "bad-labels", "count-mismatch"],
+    ids=[
+        "missing",
+        "wrong-magic",
+        "truncated",
+        "not-gzip",
+        "header-cut",
+        "bad-labels",
+        "count-mismatch",
+    ],
 )
 def test_damaged_idx_files_are_clear_errors(small_idx_dir, damage, message):
     damage(small_idx_dir)
@@ -114,7 +155,10 @@ def test_train_pipeline_order_depends_only_on_seed_and_epoch(small_idx_dir):
     for got, expected in zip(resumed[0], full[2]):
         np.testing.assert_array_equal(got[0], expected[0])
     assert not np.array_equal(full[0][0][1], full[1][0][1])  # reshuffled every epoch
-    images, labels = np.concatenate([b[0] for b in full[0]]), np.concatenate([b[1] for b in full[0]])
+    images, labels = (
+        np.concatenate([b[0] for b in full[0]]),
+        np.concatenate([b[1] for b in full[0]]),
+    )
     assert images.dtype == np.float32 and images.min() >= 0 and images.max() <= 1
     assert sorted(labels.tolist()) == sorted(arrays.y_train.tolist())  # a permutation
     other = epochs(0, 1, seed=6)

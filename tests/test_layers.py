@@ -45,14 +45,20 @@ def reference_output(layer, x, activation=lambda v: v):
 
 CASES = {
     "grid-shared": dict(centroids=(2, 2)),
-    "grid-3x2-trainable-per-feature": dict(centroids=(3, 2), centroids_trainable=True, per_feature=True),
+    "grid-3x2-trainable-per-feature": dict(
+        centroids=(3, 2), centroids_trainable=True, per_feature=True
+    ),
     "random-shared": dict(centroids=5, seed=7),
     "random-per-feature": dict(centroids=3, per_feature=True, seed=1),
     "inv-euclidean": dict(centroids=(2, 3), similarity="inv_euclidean"),
-    "inv-euclidean-unnormalized": dict(centroids=(2, 2), similarity="inv_euclidean", local_normalization=False),
+    "inv-euclidean-unnormalized": dict(
+        centroids=(2, 2), similarity="inv_euclidean", local_normalization=False
+    ),
     "exp-unnormalized-scaled": dict(centroids=(2, 2), local_normalization=False, scaling=2.0),
     "stride-2-valid": dict(centroids=(2, 2), strides=2, padding="valid"),
-    "stride-2-same": dict(centroids=(2, 2), strides=2, padding="same", per_feature=True, centroids_trainable=True),
+    "stride-2-same": dict(
+        centroids=(2, 2), strides=2, padding="same", per_feature=True, centroids_trainable=True
+    ),
 }
 
 
@@ -60,7 +66,9 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_numpy_reference(case, implementation):
     x = RNG.random((2, 9, 8, 3)).astype("float32")
-    layer = built_layer(x.shape, filters=4, kernel_size=3, implementation=implementation, **CASES[case])
+    layer = built_layer(
+        x.shape, filters=4, kernel_size=3, implementation=implementation, **CASES[case]
+    )
     expected = reference_output(layer, x)
     got = ops.convert_to_numpy(layer(x))
     assert got.shape == expected.shape
@@ -79,14 +87,18 @@ def test_grid_positions_are_row_major_linspace():
     grid = grid_centroids(2, 3, scaling=1.0)
     np.testing.assert_allclose(grid[:, 0], [1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3], atol=1e-6)
     np.testing.assert_allclose(grid[:, 1], [0.25, 0.5, 0.75] * 2, atol=1e-6)
-    layer = built_layer((1, 8, 8, 1), randomize_sigma=False, filters=2, kernel_size=3, centroids=(2, 3))
+    layer = built_layer(
+        (1, 8, 8, 1), randomize_sigma=False, filters=2, kernel_size=3, centroids=(2, 3)
+    )
     np.testing.assert_allclose(ops.convert_to_numpy(layer.centroid_positions)[0], grid, atol=1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(layer.sigma)[0, 0], np.eye(2))
 
 
 def test_random_centroids_are_seeded_and_in_range():
     def centroids(seed):
-        layer = built_layer((1, 8, 8, 1), filters=2, kernel_size=3, centroids=6, seed=seed, scaling=2.0)
+        layer = built_layer(
+            (1, 8, 8, 1), filters=2, kernel_size=3, centroids=6, seed=seed, scaling=2.0
+        )
         return ops.convert_to_numpy(layer.centroid_positions)
 
     first, again, other = centroids(3), centroids(3), centroids(4)
@@ -97,7 +109,14 @@ def test_random_centroids_are_seeded_and_in_range():
 
 
 def test_shapes_of_weights_and_similarity_map():
-    layer = built_layer((2, 10, 10, 3), filters=5, kernel_size=(3, 2), centroids=(2, 2), per_feature=True, centroids_trainable=True)
+    layer = built_layer(
+        (2, 10, 10, 3),
+        filters=5,
+        kernel_size=(3, 2),
+        centroids=(2, 2),
+        per_feature=True,
+        centroids_trainable=True,
+    )
     assert tuple(layer.kernel.shape) == (3, 2, 3, 20)
     assert tuple(layer.bias.shape) == (20,)
     assert tuple(layer.centroid_positions.shape) == (5, 4, 2)
@@ -120,11 +139,15 @@ def test_one_by_one_grid_equals_plain_convolution():
     conv = keras.layers.Conv2D(3, 3, padding="same")
     conv.build(x.shape)
     conv.set_weights([ops.convert_to_numpy(layer.kernel), ops.convert_to_numpy(layer.bias)])
-    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), ops.convert_to_numpy(conv(x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(x)), ops.convert_to_numpy(conv(x)), rtol=1e-5, atol=1e-5
+    )
 
 
 def _one_sgd_step(layer, x):
-    model = keras.Sequential([keras.Input(x.shape[1:]), layer, keras.layers.GlobalAveragePooling2D()])
+    model = keras.Sequential(
+        [keras.Input(x.shape[1:]), layer, keras.layers.GlobalAveragePooling2D()]
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
     before = {w.name: ops.convert_to_numpy(w).copy() for w in layer.weights}
     model.train_on_batch(x, RNG.normal(size=(len(x), layer.filters)).astype("float32") * 10)
@@ -134,7 +157,9 @@ def _one_sgd_step(layer, x):
 @pytest.mark.parametrize("similarity", ["exp", "inv_euclidean"])
 def test_gradients_reach_centroids_and_sigma_when_trainable(similarity):
     x = RNG.random((4, 8, 8, 2)).astype("float32")
-    layer = SoftWeightSharingConv2D(3, 3, centroids=(2, 2), centroids_trainable=True, similarity=similarity)
+    layer = SoftWeightSharingConv2D(
+        3, 3, centroids=(2, 2), centroids_trainable=True, similarity=similarity
+    )
     changed = _one_sgd_step(layer, x)
     assert changed == {"kernel": True, "bias": True, "centroids": True, "sigma": True}
     trainable = {w.name for w in layer.trainable_weights}
@@ -158,26 +183,48 @@ def test_sigma_trainable_alone():
 def test_inv_euclidean_gradient_is_finite_when_a_centroid_sits_on_a_cell():
     # A 2x2 grid on a 7x7 output puts centroids at 1/3 and 2/3, exactly on cells 2 and 4.
     x = RNG.random((2, 7, 7, 1)).astype("float32")
-    layer = SoftWeightSharingConv2D(2, 3, centroids=(2, 2), centroids_trainable=True, similarity="inv_euclidean")
+    layer = SoftWeightSharingConv2D(
+        2, 3, centroids=(2, 2), centroids_trainable=True, similarity="inv_euclidean"
+    )
     _one_sgd_step(layer, x)
     assert all(np.isfinite(ops.convert_to_numpy(w)).all() for w in layer.weights)
 
 
 def test_config_round_trip():
     layer = SoftWeightSharingConv2D(
-        4, (3, 5), centroids=(3, 2), strides=2, padding="valid", activation="relu",
-        centroids_trainable=True, sigma_trainable=False, per_feature=True,
-        local_normalization=False, similarity="inv_euclidean", scaling=2.0, seed=3,
-        implementation="local", name="sws",
+        4,
+        (3, 5),
+        centroids=(3, 2),
+        strides=2,
+        padding="valid",
+        activation="relu",
+        centroids_trainable=True,
+        sigma_trainable=False,
+        per_feature=True,
+        local_normalization=False,
+        similarity="inv_euclidean",
+        scaling=2.0,
+        seed=3,
+        implementation="local",
+        name="sws",
     )
     config = layer.get_config()
     clone = SoftWeightSharingConv2D.from_config(config)
     assert clone.get_config() == config
     for key, value in {
-        "filters": 4, "kernel_size": (3, 5), "centroids": (3, 2), "strides": (2, 2),
-        "padding": "valid", "centroids_trainable": True, "sigma_trainable": False,
-        "per_feature": True, "local_normalization": False, "similarity": "inv_euclidean",
-        "scaling": 2.0, "seed": 3, "implementation": "local",
+        "filters": 4,
+        "kernel_size": (3, 5),
+        "centroids": (3, 2),
+        "strides": (2, 2),
+        "padding": "valid",
+        "centroids_trainable": True,
+        "sigma_trainable": False,
+        "per_feature": True,
+        "local_normalization": False,
+        "similarity": "inv_euclidean",
+        "scaling": 2.0,
+        "seed": 3,
+        "implementation": "local",
     }.items():
         assert config[key] == value, key
 
@@ -185,7 +232,9 @@ def test_config_round_trip():
 def test_model_survives_save_and_load(tmp_path):
     x = RNG.random((3, 12, 12, 1)).astype("float32")
     inputs = keras.Input((12, 12, 1))
-    hidden = SoftWeightSharingConv2D(4, 3, centroids=5, per_feature=True, centroids_trainable=True, activation="relu")(inputs)
+    hidden = SoftWeightSharingConv2D(
+        4, 3, centroids=5, per_feature=True, centroids_trainable=True, activation="relu"
+    )(inputs)
     hidden = LocalResponseNormalization()(hidden)
     model = keras.Model(inputs, keras.layers.Flatten()(hidden))
     model.get_layer(index=1).sigma.assign(np.full((4, 5, 2, 2), 0.3, "float32"))
@@ -241,7 +290,9 @@ def test_mixed_precision_keeps_similarities_float32(policy):
         assert layer.centroid_positions.dtype == "float32" and layer.sigma.dtype == "float32"
         assert ops.convert_to_numpy(layer.similarity_map()).dtype == np.float32
         assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
-        np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(out, "float32")), expected, atol=0.05)
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(ops.cast(out, "float32")), expected, atol=0.05
+        )
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -259,5 +310,10 @@ def numpy_lrn(x, radius=5, bias=1.0, alpha=1e-4, beta=0.75):
 def test_local_response_normalization_matches_formula(radius, alpha):
     x = RNG.normal(size=(2, 4, 4, 9)).astype("float32") * 3
     layer = LocalResponseNormalization(depth_radius=radius, alpha=alpha)
-    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), numpy_lrn(x, radius, 1.0, alpha), rtol=1e-5)
-    assert LocalResponseNormalization.from_config(layer.get_config()).get_config() == layer.get_config()
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(x)), numpy_lrn(x, radius, 1.0, alpha), rtol=1e-5
+    )
+    assert (
+        LocalResponseNormalization.from_config(layer.get_config()).get_config()
+        == layer.get_config()
+    )

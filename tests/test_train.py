@@ -38,8 +38,14 @@ def events(run_dir, run):
 def full_run(tmp_path_factory, mnist_dir):
     tmp_path = tmp_path_factory.mktemp("e2e")
     config = config_for(
-        tmp_path, mnist_dir, n_epochs=2, seed=1, color_coding=True, log_verbosity=3,
-        centroids_trainable=True, run_name="e2e",
+        tmp_path,
+        mnist_dir,
+        n_epochs=2,
+        seed=1,
+        color_coding=True,
+        log_verbosity=3,
+        centroids_trainable=True,
+        run_name="e2e",
     )
     status = train.run(config)
     return status, tmp_path / "tb" / "e2e", tmp_path
@@ -54,7 +60,14 @@ def test_run_completes_with_metrics(full_run):
     assert metrics["flags"]["seed"] == 1 and metrics["flags"]["centroids_trainable"] is True
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     for epoch in metrics["epochs"]:
-        assert set(epoch) >= {"loss", "accuracy", "val_loss", "val_accuracy", "seconds", "images_per_second"}
+        assert set(epoch) >= {
+            "loss",
+            "accuracy",
+            "val_loss",
+            "val_accuracy",
+            "seconds",
+            "images_per_second",
+        }
         assert epoch["images_per_second"] > 0
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
     assert metrics["test_loss"] == pytest.approx(metrics["epochs"][-1]["val_loss"], rel=1e-5)
@@ -68,7 +81,9 @@ def test_scalars_in_tensorboard(full_run):
     for run, prefix in (("train", ""), ("validation", "val_")):
         accumulator = events(run_dir, run)
         for name in ("loss", "accuracy"):
-            values = [float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(f"epoch_{name}")]
+            values = [
+                float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(f"epoch_{name}")
+            ]
             expected = [e[prefix + name] for e in metrics["epochs"]]
             np.testing.assert_allclose(values, expected, rtol=1e-5)
 
@@ -87,7 +102,11 @@ def test_kernel_images_every_epoch(full_run):
         assert len(encoded) - 2 == filters  # one image per filter (input channel 0)
         image = tf.io.decode_png(encoded[2]).numpy()
         assert image.shape == (height, width, 1)
-        colour = tf.io.decode_png(tf.make_ndarray(accumulator.Tensors(f"{layer}/weighted_kernels_color")[-1].tensor_proto)[2])
+        colour = tf.io.decode_png(
+            tf.make_ndarray(
+                accumulator.Tensors(f"{layer}/weighted_kernels_color")[-1].tensor_proto
+            )[2]
+        )
         assert colour.shape[-1] == 3
     # verbosity >= 1: gradients; 3: activations
     assert any(t.startswith("gradients/") for t in tags)
@@ -98,7 +117,8 @@ def test_kernel_pngs_and_reloadable_model(full_run, mnist_dir):
     _, run_dir, _ = full_run
     names = sorted(p.name for p in (run_dir / "kernel_images").iterdir())
     assert names == sorted(
-        f"{layer}_{kind}.png" for layer in ("sws1", "sws2")
+        f"{layer}_{kind}.png"
+        for layer in ("sws1", "sws2")
         for kind in ("weighted", "kcp", "centroids", "weighted_color")
     )
     kcp = tf.io.decode_png((run_dir / "kernel_images" / "sws1_kcp.png").read_bytes()).numpy()
@@ -106,7 +126,9 @@ def test_kernel_pngs_and_reloadable_model(full_run, mnist_dir):
     model = keras.models.load_model(run_dir / "model.keras")
     images = data.load_mnist(str(mnist_dir)).x_test[:8, ..., None] / 255.0
     checkpoint = keras.models.load_model(run_dir / "checkpoint" / "model.keras")
-    np.testing.assert_allclose(model.predict(images, verbose=0), checkpoint.predict(images, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), checkpoint.predict(images, verbose=0), rtol=1e-6
+    )
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["epoch"] == 2
 
 
@@ -117,7 +139,10 @@ def test_same_seed_same_metrics_and_resume_matches_uninterrupted(tmp_path, mnist
     assert train.run(dataclasses.replace(base, run_name="c", n_epochs=1)) == 0
     assert train.run(dataclasses.replace(base, run_name="c", resume=True, seed=None)) == 0
     a, b, c = (metrics_of(tmp_path, name) for name in "abc")
-    assert a["epochs"] == [dict(e, seconds=x["seconds"], images_per_second=x["images_per_second"]) for e, x in zip(b["epochs"], a["epochs"])]
+    assert a["epochs"] == [
+        dict(e, seconds=x["seconds"], images_per_second=x["images_per_second"])
+        for e, x in zip(b["epochs"], a["epochs"])
+    ]
     assert (a["test_loss"], a["test_accuracy"]) == (b["test_loss"], b["test_accuracy"])
     assert c["test_loss"] == a["test_loss"] and c["test_accuracy"] == a["test_accuracy"]
     assert [e["epoch"] for e in c["epochs"]] == [1, 2]
@@ -141,16 +166,34 @@ def test_data_errors_are_one_line_exit_1_and_create_no_run(tmp_path, capsys):
 
 def _cli(args, env=None, **kwargs):
     return subprocess.Popen(
-        [sys.executable, "-m", "swsl_cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}, **kwargs,
+        [sys.executable, "-m", "swsl_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})},
+        **kwargs,
     )
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_cleanly_and_resume_finishes(tmp_path, mnist_dir, sig, code):
-    args = ["--data_dir", str(mnist_dir), "--logdir", str(tmp_path / "tb"), "--run_name", "s",
-            "--max_train_examples", "3000", "--max_test_examples", "64", "--n_epochs", "3",
-            "--seed", "2", "--quiet"]
+    args = [
+        "--data_dir",
+        str(mnist_dir),
+        "--logdir",
+        str(tmp_path / "tb"),
+        "--run_name",
+        "s",
+        "--max_train_examples",
+        "3000",
+        "--max_test_examples",
+        "64",
+        "--n_epochs",
+        "3",
+        "--seed",
+        "2",
+        "--quiet",
+    ]
     process = _cli(args)
     for line in process.stdout:
         if line.startswith("epoch 1/3"):
@@ -162,7 +205,9 @@ def test_signal_stops_cleanly_and_resume_finishes(tmp_path, mnist_dir, sig, code
     assert "Traceback" not in err
     metrics = metrics_of(tmp_path, "s")
     assert metrics["status"] == "interrupted" and len(metrics["epochs"]) == 1
-    assert json.loads((tmp_path / "tb" / "s" / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    assert (
+        json.loads((tmp_path / "tb" / "s" / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    )
     if sig == signal.SIGINT:
         resumed = _cli(args + ["--resume", "--n_epochs", "2", "--max_train_examples", "3000"])
         out, err = resumed.communicate(timeout=300)
@@ -183,20 +228,45 @@ def test_mirrored_on_two_logical_cpus_matches_single_device(tmp_path, mnist_dir)
         assert train.run(Config(run_name="single", batch_size=64, **common)) == 0
         assert train.run(Config(run_name="mirrored", batch_size=32, distribute="mirrored", **common)) == 0
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     single, mirrored = metrics_of(tmp_path, "single"), metrics_of(tmp_path, "mirrored")
-    assert mirrored["replicas"] == 2 and mirrored["strategy"] == "mirrored" and single["replicas"] == 1
+    assert (
+        mirrored["replicas"] == 2 and mirrored["strategy"] == "mirrored" and single["replicas"] == 1
+    )
     assert "2 replica(s)" in result.stdout
     assert mirrored["epochs"][0]["loss"] == pytest.approx(single["epochs"][0]["loss"], rel=0.02)
     assert mirrored["test_loss"] == pytest.approx(single["test_loss"], rel=0.02)
 
 
 def test_mirrored_from_the_cli_on_one_cpu(tmp_path, mnist_dir):
-    process = _cli(["--data_dir", str(mnist_dir), "--logdir", str(tmp_path / "tb"), "--run_name", "m",
-                    "--max_train_examples", "128", "--max_test_examples", "64", "--n_epochs", "1",
-                    "--distribute", "mirrored", "--layer", "conv", "--quiet"])
+    process = _cli(
+        [
+            "--data_dir",
+            str(mnist_dir),
+            "--logdir",
+            str(tmp_path / "tb"),
+            "--run_name",
+            "m",
+            "--max_train_examples",
+            "128",
+            "--max_test_examples",
+            "64",
+            "--n_epochs",
+            "1",
+            "--distribute",
+            "mirrored",
+            "--layer",
+            "conv",
+            "--quiet",
+        ]
+    )
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     assert "strategy mirrored with 1 replica(s)" in out

@@ -1,0 +1,42 @@
+# swsl-cli: every target runs inside ./.venv, which `make install` creates.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?=
+LOGDIR ?= tensorboard
+EPOCHS ?=
+DATA_FLAG := $(if $(DATA_DIR),--data_dir $(DATA_DIR),)
+
+.PHONY: install test test-torch lint train tensorboard reproduce bench clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	# CPU build of PyTorch, for running the layer tests on a second Keras backend.
+	$(BIN)/pip install -q "torch==2.13.0"
+
+test:
+	SWSL_OFFLINE=1 $(BIN)/python -m pytest -q -W ignore::DeprecationWarning
+	SWSL_OFFLINE=1 KERAS_BACKEND=torch $(BIN)/python -m pytest -q -W ignore::DeprecationWarning \
+		tests/test_layers.py tests/test_visualize.py
+
+lint:
+	$(BIN)/ruff check swsl_cli tests benchmarks
+	$(BIN)/ruff format --check swsl_cli tests benchmarks
+
+train:
+	$(BIN)/swsl-train $(DATA_FLAG) --logdir $(LOGDIR)
+
+tensorboard:
+	$(BIN)/tensorboard --logdir $(LOGDIR)
+
+reproduce:
+	$(BIN)/python benchmarks/reproduce.py $(DATA_FLAG) --logdir $(LOGDIR) $(if $(EPOCHS),--epochs $(EPOCHS),)
+
+bench:
+	$(BIN)/python benchmarks/bench.py $(DATA_FLAG)
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache bench-out
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

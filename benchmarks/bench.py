@@ -1,0 +1,194 @@
+"""`make bench`: speed of the SWS net, the runner and the start-up, as one markdown table.
+
+Every figure in a table comes from this one run on this machine; ratios
+compare figures measured back to back. Warm-up (tracing, the first steps) is
+excluded from every throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from swsl_cli import data, train  # noqa: E402
+from swsl_cli.config import Config  # noqa: E402
+from swsl_cli.layers import SoftWeightSharingConv2D  # noqa: E402
+from swsl_cli.model import build_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fit_throughput(
+    config: Config, images: np.ndarray, labels: np.ndarray, jit: bool = False
+) -> float:
+    """Images per second of `model.fit` on in-memory arrays, after a warm-up fit."""
+    keras.utils.set_random_seed(0)
+    model = build_model(config, seed=0)
+    train.compile_model(model, config, steps=100, jit=jit)
+    model.fit(
+        images[: config.batch_size * 5],
+        labels[: config.batch_size * 5],
+        batch_size=config.batch_size,
+        verbose=0,
+    )
+    start = time.perf_counter()
+    model.fit(images, labels, batch_size=config.batch_size, verbose=0, shuffle=False)
+    return len(images) / (time.perf_counter() - start)
+
+
+def layer_step_ms(
+    implementation: str, shape, filters: int, kernel: int, repeats: int = 20
+) -> float:
+    """Forward + backward time of one SWS layer (2x2 trainable per-feature centroids)."""
+    layer = SoftWeightSharingConv2D(
+        filters,
+        kernel,
+        centroids=(2, 2),
+        per_feature=True,
+        centroids_trainable=True,
+        implementation=implementation,
+    )
+    layer.build(shape)
+    inputs = tf.random.uniform(shape)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x)))
+        return tape.gradient(loss, [x, *layer.trainable_variables])
+
+    step(inputs)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step(inputs)
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def runner_throughput(arrays: data.MnistArrays, epochs: int) -> tuple[float, float]:
+    """`swsl-train`'s own images/s (last epoch) and its time to the first step."""
+    with tempfile.TemporaryDirectory() as logdir:
+        config = Config(
+            logdir=logdir,
+            run_name="bench",
+            n_epochs=epochs,
+            seed=0,
+            quiet=True,
+            max_train_examples=len(arrays.x_train),
+            max_test_examples=len(arrays.x_test),
+            data_dir=str(_write_npz(arrays, Path(logdir))),
+        )
+        with open(os.devnull, "w") as sink:
+            train.run(config, stream=sink)
+        metrics = json.loads((Path(logdir) / "bench" / "metrics.json").read_text())
+    return metrics["epochs"][-1]["images_per_second"], metrics["time_to_first_step_s"]
+
+
+def _write_npz(arrays: data.MnistArrays, folder: Path) -> Path:
+    path = folder / "mnist.npz"
+    np.savez(
+        path,
+        x_train=arrays.x_train,
+        y_train=arrays.y_train,
+        x_test=arrays.x_test,
+        y_test=arrays.y_test,
+    )
+    return path
+
+
+def help_seconds(repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(
+            [str(Path(sys.executable).parent / "swsl-train"), "--help"],
+            capture_output=True,
+            check=True,
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--images", type=int, default=6400, help="images per timed fit")
+    parser.add_argument("--out", default="bench-out/bench.md")
+    args = parser.parse_args()
+
+    arrays = data.load_mnist(args.data_dir).limited(args.images, 1000)
+    images = (arrays.x_train[..., None] / 255.0).astype("float32")
+    labels = arrays.y_train
+    rows = []
+
+    def add(name, value, unit, note=""):
+        rows.append((name, value, unit, note))
+        print(f"{name}: {value:.3f} {unit} {note}", flush=True)
+
+    sws = fit_throughput(Config(), images, labels)
+    conv = fit_throughput(Config(layer="conv"), images, labels)
+    add("fit throughput, SWS 2x2 (24, 48)", sws, "img/s", "batch 64, float32")
+    add("fit throughput, conv baseline (24, 48)", conv, "img/s", "batch 64, float32")
+    add("SWS / conv", sws / conv, "x", "goal >= 0.55")
+    trainable = fit_throughput(
+        Config(centroids_trainable=True, centroid_grid=(3, 3)), images, labels
+    )
+    add("fit throughput, SWS 3x3 trainable", trainable, "img/s")
+    xla = fit_throughput(Config(), images, labels, jit=True)
+    add("fit throughput, SWS 2x2, XLA", xla, "img/s", f"{xla / sws:.2f} x without XLA")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    bf16 = fit_throughput(Config(), images, labels)
+    keras.mixed_precision.set_global_policy("float32")
+    add("fit throughput, SWS 2x2, mixed_bfloat16", bf16, "img/s", f"{bf16 / sws:.2f} x float32")
+
+    runner, first_step = runner_throughput(arrays, epochs=2)
+    add("swsl-train throughput (epoch 2)", runner, "img/s", "progress, TensorBoard, checkpoints on")
+    add("runner overhead vs bare fit", 1 - runner / sws, "fraction", "goal <= 0.05")
+    add("time to first training step", first_step, "s", "from run() start, data loaded")
+    add("swsl-train --help", help_seconds(), "s", "median of 5; goal <= 0.3")
+
+    for name, shape, filters, kernel in (
+        ("sws1", (64, 28, 28, 1), 24, 7),
+        ("sws2", (64, 14, 14, 24), 48, 3),
+    ):
+        for implementation in ("conv", "local"):
+            add(
+                f"{name} layer fwd+bwd, implementation={implementation}",
+                layer_step_ms(implementation, shape, filters, kernel),
+                "ms",
+                f"input {shape}",
+            )
+
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}"
+    )
+    table = [
+        f"Measured by `make bench` on {machine}.",
+        "",
+        "| measure | value | unit | note |",
+        "| --- | ---: | --- | --- |",
+    ]
+    table += [f"| {n} | {v:.3f} | {u} | {note} |" for n, v, u, note in rows]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
