@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Learning rate factor per epoch (default: 0.75; 1 keeps it constant, as the original)",
     )
     more.add_argument(
+        "--max_shift",
+        type=_number(int, minimum=0, maximum=14),
+        default=DEFAULTS.max_shift,
+        help="Training augmentation: random shifts of up to this many pixels per axis "
+        "(default: 2; 0 turns it off, as the original)",
+    )
+    more.add_argument(
         "--seed",
         type=_number(int, minimum=0, maximum=2**31 - 1),
         default=DEFAULTS.seed,
@@ -223,6 +230,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         lr_decay=args.lr_decay,
+        max_shift=args.max_shift,
         seed=args.seed,
         run_name=args.run_name,
         layer=args.layer,

@@ -29,6 +29,7 @@ EXPERIMENT_FIELDS = (
     "seed",
     "max_train_examples",
     "max_test_examples",
+    "max_shift",
     "distribute",
 )
 
@@ -49,6 +50,7 @@ class Config:
     batch_size: int = 64
     learning_rate: float = 1e-3
     lr_decay: float = 0.75
+    max_shift: int = 2
     seed: int | None = None
     run_name: str | None = None
     layer: str = "sws"

@@ -36,12 +36,26 @@ def _conv(config: Config, index: int, filters: int, kernel_size: int, seed: int)
 def build_model(config: Config, seed: int = 0) -> keras.Model:
     """The seed network: conv 7x7 -> LRN -> pool -> conv 3x3 -> pool -> LRN -> 128 -> 256 -> 10.
 
+    With `max_shift`, a random translation of the training images comes first.
+
     Both convolutions are `SoftWeightSharingConv2D` (`per_feature=True`, the
     flags' centroids) for `--layer sws`, or plain `Conv2D` for `--layer conv`.
     """
     first, second = config.n_filters
     inputs = keras.Input(INPUT_SHAPE, name="image")
-    x = _conv(config, 0, first, 7, seed)(inputs)
+    x = inputs
+    if config.max_shift:
+        # Whole-pixel shifts with a black border, during training only.
+        factor = config.max_shift / INPUT_SHAPE[0]
+        x = keras.layers.RandomTranslation(
+            factor,
+            factor,
+            fill_mode="constant",
+            interpolation="nearest",
+            seed=seed + 4,
+            name="shift",
+        )(x)
+    x = _conv(config, 0, first, 7, seed)(x)
     x = LocalResponseNormalization(name="lrn1")(x)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)
     x = _conv(config, 1, second, 3, seed)(x)

@@ -68,15 +68,18 @@ def export_kernel_pngs(model: keras.Model, folder: Path, color_coding: bool) -> 
         images = {
             "weighted": visualize.mosaic(visualize.kernel_tiles(kernels, similarity)),
             "kcp": visualize.mosaic(visualize.kcp_tiles(kernels)),
-            "centroids": visualize.centroid_map(similarity, centroids, layer.scaling),
         }
         if color_coding:
             images["weighted_color"] = visualize.mosaic(
                 visualize.color_coded_tiles(kernels, similarity)
             )
+        images = {kind: visualize.upscale(image, factor) for kind, image in images.items()}
+        # The centroid map has one pixel per output cell: enlarge it to about 224 pixels.
+        centroid_map = visualize.centroid_map(similarity, centroids, layer.scaling)
+        images["centroids"] = visualize.upscale(centroid_map, max(1, 224 // len(centroid_map)))
         for kind, image in images.items():
             path = folder / f"{layer.name}_{kind}.png"
-            write_png(path, visualize.upscale(image, factor))
+            write_png(path, image)
             written.append(path)
     return written
 

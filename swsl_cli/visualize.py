@@ -156,8 +156,17 @@ def centroid_map(
 
 
 def mosaic(images: np.ndarray) -> np.ndarray:
-    """Arranges `(rows, cols, h, w[, 3])` images into one `(rows*h, cols*w[, 3])` picture."""
+    """Arranges `(rows, cols, h, w[, 3])` images into one `(rows*h, cols*w[, 3])` picture.
+
+    A single row (one input channel) is folded into a near-square grid, so
+    that 24 filters make 4 rows of 6 rather than one long strip.
+    """
     rows, cols, height, width = images.shape[:4]
+    if rows == 1 and cols > 3:
+        columns = int(np.ceil(np.sqrt(cols)))
+        blank = np.zeros((1, columns * -(-cols // columns) - cols, *images.shape[2:]), images.dtype)
+        images = np.concatenate([images, blank], axis=1).reshape(-1, columns, *images.shape[2:])
+        rows, cols = images.shape[:2]
     grid = images.swapaxes(1, 2)
     return grid.reshape(rows * height, cols * width, *images.shape[4:])
 

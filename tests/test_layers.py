@@ -62,7 +62,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("implementation", ["conv", "local"])
+@pytest.mark.parametrize("implementation", ["conv", "local", "auto"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_numpy_reference(case, implementation):
     x = RNG.random((2, 9, 8, 3)).astype("float32")
@@ -317,3 +317,11 @@ def test_local_response_normalization_matches_formula(radius, alpha):
         LocalResponseNormalization.from_config(layer.get_config()).get_config()
         == layer.get_config()
     )
+
+
+def test_auto_implementation_picks_local_for_small_patches():
+    first = SoftWeightSharingConv2D(24, 7, centroids=(2, 2))
+    first.build((1, 28, 28, 1))  # a 49-value patch vs 96 stacked outputs
+    second = SoftWeightSharingConv2D(48, 3, centroids=(2, 2))
+    second.build((1, 14, 14, 24))  # a 216-value patch vs 192 stacked outputs
+    assert first.uses_local and not second.uses_local

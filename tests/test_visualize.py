@@ -93,3 +93,12 @@ def test_mosaic_and_kcp_tiles_shapes():
     assert picture.shape == (40, 16)
     np.testing.assert_array_equal(picture[4:8, 8:12], tiles[1, 2])
     assert visualize.upscale(np.ones((2, 3)), 4).shape == (8, 12)
+
+
+def test_single_row_mosaic_folds_into_a_near_square_grid():
+    images = np.arange(24 * 2 * 3, dtype=float).reshape(1, 24, 2, 3) + 1
+    picture = visualize.mosaic(images)
+    assert picture.shape == (5 * 2, 5 * 3)  # 24 images -> ceil(sqrt(24)) = 5 columns, 5 rows
+    np.testing.assert_array_equal(picture[2:4, 0:3], images[0, 5])  # second row starts at image 5
+    np.testing.assert_array_equal(picture[8:10, 9:12], images[0, 23])
+    assert (picture[8:10, 12:15] == 0).all()  # the grid's unused last cell is blank
