@@ -51,7 +51,7 @@ def test_further_options():
     config = parse_args(
         "--data_dir d --batch_size 32 --learning_rate 0.01 --seed 3 --run_name r --layer conv "
         "--max_train_examples 100 --max_test_examples 50 --quiet --resume --distribute mirrored "
-        "--log_verbosity 3 --lr_decay 1 --precision float32 --jit_compile off".split()
+        "--log_verbosity 3 --lr_decay 1 --precision float32 --jit_compile off --max_shift 0".split()
     )
     assert (config.data_dir, config.batch_size, config.learning_rate, config.seed) == (
         "d",
@@ -62,6 +62,7 @@ def test_further_options():
     assert (config.run_name, config.layer, config.quiet, config.resume) == ("r", "conv", True, True)
     assert (config.max_train_examples, config.max_test_examples) == (100, 50)
     assert (config.distribute, config.log_verbosity, config.lr_decay) == ("mirrored", 3, 1.0)
+    assert config.max_shift == 0
 
 
 REFUSALS = [
@@ -84,6 +85,7 @@ REFUSALS = [
     (["--learning_rate", "fast"], "argument --learning_rate: must be a number"),
     (["--lr_decay", "1.5"], "argument --lr_decay: must be > 0 and <= 1"),
     (["--seed", "-1"], "argument --seed: must be >= 0"),
+    (["--max_shift", "15"], "argument --max_shift: must be >= 0 and <= 14"),
     (["--max_train_examples", "0"], "argument --max_train_examples: must be >= 1"),
     (["--max_test_examples", "-5"], "argument --max_test_examples: must be >= 1"),
     (["--run_name", "a/b"], "argument --run_name: must be a plain folder name"),

@@ -271,3 +271,26 @@ def test_mirrored_from_the_cli_on_one_cpu(tmp_path, mnist_dir):
     assert process.returncode == 0, err
     assert "strategy mirrored with 1 replica(s)" in out
     assert metrics_of(tmp_path, "m")["replicas"] == 1
+
+
+def test_disk_error_while_writing_is_one_line_exit_1_and_spares_earlier_runs(
+    tmp_path, mnist_dir, capsys, monkeypatch
+):
+    from swsl_cli import runs
+
+    earlier = config_for(tmp_path, mnist_dir, n_epochs=1, seed=1, run_name="earlier")
+    assert train.run(earlier) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tb" / "earlier").glob("*.json")}
+    real_write = runs.write_json
+
+    def failing_write(path, data):
+        if path.name == "state.json":
+            raise OSError(28, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(runs, "write_json", failing_write)
+    assert train.main(dataclasses.replace(earlier, run_name="later")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("swsl-train: error: No space left on device: ") and "\n" not in err
+    after = {p.name: p.read_bytes() for p in (tmp_path / "tb" / "earlier").glob("*.json")}
+    assert after == before

@@ -1,0 +1,78 @@
+"""The seed network in its soft and hard weight sharing variants."""
+
+import keras
+import numpy as np
+
+from swsl_cli import LocalResponseNormalization, SoftWeightSharingConv2D
+from swsl_cli.config import Config
+from swsl_cli.model import build_model, sws_layers
+
+
+def layer_types(model):
+    return [type(layer).__name__ for layer in model.layers]
+
+
+def test_sws_network_follows_the_seed():
+    model = build_model(Config(centroid_grid=(3, 3), centroids_trainable=True, max_shift=0))
+    assert layer_types(model) == [
+        "InputLayer",
+        "SoftWeightSharingConv2D",
+        "LocalResponseNormalization",
+        "MaxPooling2D",
+        "SoftWeightSharingConv2D",
+        "MaxPooling2D",
+        "LocalResponseNormalization",
+        "Flatten",
+        "Dense",
+        "Dropout",
+        "Dense",
+        "Dropout",
+        "Dense",
+    ]
+    first, second = sws_layers(model)
+    assert (first.filters, first.kernel_size, second.filters, second.kernel_size) == (
+        24,
+        (7, 7),
+        48,
+        (3, 3),
+    )
+    assert first.centroids == (3, 3) and first.per_feature and first.centroids_trainable
+    assert tuple(first.centroid_positions.shape) == (24, 9, 2)
+    assert model.output_shape == (None, 10)
+    assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [
+        128,
+        256,
+        10,
+    ]
+    assert all(
+        layer.rate == 0.2 for layer in model.layers if isinstance(layer, keras.layers.Dropout)
+    )
+    lrn = [layer for layer in model.layers if isinstance(layer, LocalResponseNormalization)][0]
+    assert (lrn.depth_radius, lrn.bias, lrn.alpha, lrn.beta) == (5, 1.0, 1e-4, 0.75)
+
+
+def test_random_centroids_and_fixed_grid():
+    random_model = build_model(Config(n_centroids=5, n_filters=(4, 6)))
+    assert [layer.centroids for layer in sws_layers(random_model)] == [5, 5]
+    assert sws_layers(random_model)[0].groups == 4  # random centroids stay per feature
+    grid_model = build_model(Config(n_filters=(4, 6)))
+    assert sws_layers(grid_model)[0].groups == 1  # a fixed grid is shared
+
+
+def test_conv_baseline_has_the_same_widths():
+    model = build_model(Config(layer="conv", n_filters=(8, 16)))
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.filters, c.kernel_size) for c in convs] == [(8, (7, 7)), (16, (3, 3))]
+    assert not any(isinstance(layer, SoftWeightSharingConv2D) for layer in model.layers)
+
+
+def test_shift_augmentation_only_while_training():
+    model = build_model(Config(max_shift=2, n_filters=(4, 4)))
+    shift = model.get_layer("shift")
+    images = np.zeros((8, 28, 28, 1), "float32")
+    images[:, 10:18, 10:18] = 1.0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(shift(images, training=False)), images)
+    moved = keras.ops.convert_to_numpy(shift(images, training=True))
+    assert set(np.unique(moved)) <= {0.0, 1.0}  # whole-pixel shifts, black border
+    assert not np.array_equal(moved, images)
+    assert "shift" not in [layer.name for layer in build_model(Config(max_shift=0)).layers]
