@@ -294,3 +294,56 @@ def test_disk_error_while_writing_is_one_line_exit_1_and_spares_earlier_runs(
     assert err.startswith("swsl-train: error: No space left on device: ") and "\n" not in err
     after = {p.name: p.read_bytes() for p in (tmp_path / "tb" / "earlier").glob("*.json")}
     assert after == before
+
+
+def test_multi_worker_from_tf_config_on_one_local_worker(tmp_path, mnist_dir):
+    import socket
+
+    with socket.socket() as probe:  # a free port on loopback for the worker's server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tf_config = {
+        "cluster": {"worker": [f"127.0.0.1:{port}"]},
+        "task": {"type": "worker", "index": 0},
+    }
+    process = _cli(
+        [
+            "--data_dir",
+            str(mnist_dir),
+            "--logdir",
+            str(tmp_path / "tb"),
+            "--run_name",
+            "w",
+            "--max_train_examples",
+            "128",
+            "--max_test_examples",
+            "64",
+            "--n_epochs",
+            "1",
+            "--distribute",
+            "multi_worker",
+            "--layer",
+            "conv",
+            "--quiet",
+        ],
+        env={"TF_CONFIG": json.dumps(tf_config)},
+    )
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+    assert "strategy multi_worker with 1 replica(s)" in out
+    assert metrics_of(tmp_path, "w")["strategy"] == "multi_worker"
+
+
+def test_second_signal_exits_at_once(monkeypatch):
+    state = train.RunState(started=0.0)
+    exits = []
+    monkeypatch.setattr(train.os, "_exit", exits.append)
+    previous = train._install_signal_handlers(state)
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert state.signal_name == "SIGINT" and exits == []
+        signal.raise_signal(signal.SIGINT)
+        assert exits == [130]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
