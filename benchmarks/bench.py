@@ -90,24 +90,12 @@ def runner_throughput(arrays: data.MnistArrays, epochs: int) -> tuple[float, flo
             quiet=True,
             max_train_examples=len(arrays.x_train),
             max_test_examples=len(arrays.x_test),
-            data_dir=str(_write_npz(arrays, Path(logdir))),
+            data_dir=str(arrays.save_npz(Path(logdir) / "mnist.npz")),
         )
         with open(os.devnull, "w") as sink:
             train.run(config, stream=sink)
         metrics = json.loads((Path(logdir) / "bench" / "metrics.json").read_text())
     return metrics["epochs"][-1]["images_per_second"], metrics["time_to_first_step_s"]
-
-
-def _write_npz(arrays: data.MnistArrays, folder: Path) -> Path:
-    path = folder / "mnist.npz"
-    np.savez(
-        path,
-        x_train=arrays.x_train,
-        y_train=arrays.y_train,
-        x_test=arrays.x_test,
-        y_test=arrays.y_test,
-    )
-    return path
 
 
 def help_seconds(repeats: int = 5) -> float:

@@ -45,6 +45,13 @@ class MnistArrays:
     y_test: np.ndarray
     source: str
 
+    def save_npz(self, path: Path) -> Path:
+        """Writes the arrays as a Keras-style `mnist.npz` (what `--data_dir` reads back)."""
+        np.savez(
+            path, x_train=self.x_train, y_train=self.y_train, x_test=self.x_test, y_test=self.y_test
+        )
+        return path
+
     def limited(self, max_train: int | None, max_test: int | None) -> MnistArrays:
         """The first `max_train` / `max_test` examples (all when None)."""
         return MnistArrays(

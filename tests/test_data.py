@@ -31,14 +31,7 @@ def test_uncompressed_idx_and_limits(small_idx_dir, tmp_path):
 
 def test_npz(small_idx_dir, tmp_path):
     arrays = data.load_mnist(str(small_idx_dir))
-    path = tmp_path / "mnist.npz"
-    np.savez(
-        path,
-        x_train=arrays.x_train,
-        y_train=arrays.y_train,
-        x_test=arrays.x_test,
-        y_test=arrays.y_test,
-    )
+    path = arrays.save_npz(tmp_path / "mnist.npz")
     for source in (path, tmp_path):  # the file, or a folder holding mnist.npz
         loaded = data.load_mnist(str(source))
         np.testing.assert_array_equal(loaded.x_test, arrays.x_test)

@@ -164,6 +164,15 @@ def test_data_errors_are_one_line_exit_1_and_create_no_run(tmp_path, capsys):
     assert not any((tmp_path / "tb").iterdir()) if (tmp_path / "tb").exists() else True
 
 
+def small_run_args(tmp_path, mnist_dir, run_name, train_examples, *extra):
+    """`swsl-train` arguments for a quiet run on a small MNIST subset."""
+    return [
+        "--data_dir", str(mnist_dir), "--logdir", str(tmp_path / "tb"), "--run_name", run_name,
+        "--max_train_examples", str(train_examples), "--max_test_examples", "64", "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
 def _cli(args, env=None, **kwargs):
     return subprocess.Popen(
         [sys.executable, "-m", "swsl_cli", *args],
@@ -177,23 +186,7 @@ def _cli(args, env=None, **kwargs):
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_cleanly_and_resume_finishes(tmp_path, mnist_dir, sig, code):
-    args = [
-        "--data_dir",
-        str(mnist_dir),
-        "--logdir",
-        str(tmp_path / "tb"),
-        "--run_name",
-        "s",
-        "--max_train_examples",
-        "3000",
-        "--max_test_examples",
-        "64",
-        "--n_epochs",
-        "3",
-        "--seed",
-        "2",
-        "--quiet",
-    ]
+    args = small_run_args(tmp_path, mnist_dir, "s", 3000, "--n_epochs", "3", "--seed", "2")
     process = _cli(args)
     for line in process.stdout:
         if line.startswith("epoch 1/3"):
@@ -247,25 +240,18 @@ def test_mirrored_on_two_logical_cpus_matches_single_device(tmp_path, mnist_dir)
 
 def test_mirrored_from_the_cli_on_one_cpu(tmp_path, mnist_dir):
     process = _cli(
-        [
-            "--data_dir",
-            str(mnist_dir),
-            "--logdir",
-            str(tmp_path / "tb"),
-            "--run_name",
+        small_run_args(
+            tmp_path,
+            mnist_dir,
             "m",
-            "--max_train_examples",
-            "128",
-            "--max_test_examples",
-            "64",
+            128,
             "--n_epochs",
             "1",
             "--distribute",
             "mirrored",
             "--layer",
             "conv",
-            "--quiet",
-        ]
+        )
     )
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
@@ -307,25 +293,18 @@ def test_multi_worker_from_tf_config_on_one_local_worker(tmp_path, mnist_dir):
         "task": {"type": "worker", "index": 0},
     }
     process = _cli(
-        [
-            "--data_dir",
-            str(mnist_dir),
-            "--logdir",
-            str(tmp_path / "tb"),
-            "--run_name",
+        small_run_args(
+            tmp_path,
+            mnist_dir,
             "w",
-            "--max_train_examples",
-            "128",
-            "--max_test_examples",
-            "64",
+            128,
             "--n_epochs",
             "1",
             "--distribute",
             "multi_worker",
             "--layer",
             "conv",
-            "--quiet",
-        ],
+        ),
         env={"TF_CONFIG": json.dumps(tf_config)},
     )
     out, err = process.communicate(timeout=300)
