@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, minimum=0, maximum=2**31 - 1),
         default=DEFAULTS.seed,
         help="Random seed; makes runs repeatable (deterministic ops). Default: a fresh seed, "
-        "recorded in metrics.json",
+        "recorded in metrics.json, without op determinism",
     )
     more.add_argument(
         "--run_name",

@@ -52,6 +52,8 @@ class Config:
     lr_decay: float = 0.75
     max_shift: int = 2
     seed: int | None = None
+    # None: deterministic ops exactly when a seed was given (set when the seed is drawn).
+    deterministic: bool | None = None
     run_name: str | None = None
     layer: str = "sws"
     max_train_examples: int | None = None

@@ -84,10 +84,16 @@ def _usable_logdir(logdir: Path) -> None:
 
 
 def with_seed(config: Config) -> Config:
-    """The config with a concrete seed: a fresh one when none was given."""
+    """The config with a concrete seed and determinism setting.
+
+    A given seed asks for a repeatable run (deterministic ops); without one a
+    fresh seed is drawn and recorded, and ops may pick their fastest kernels.
+    """
     if config.seed is not None:
-        return config
-    return dataclasses.replace(config, seed=secrets.randbelow(2**31))
+        deterministic = True if config.deterministic is None else config.deterministic
+        return dataclasses.replace(config, deterministic=deterministic)
+    deterministic = False if config.deterministic is None else config.deterministic
+    return dataclasses.replace(config, seed=secrets.randbelow(2**31), deterministic=deterministic)
 
 
 def create(config: Config, now: float | None = None) -> tuple[RunDir, Config]:
@@ -164,6 +170,7 @@ def resume(config: Config) -> tuple[RunDir, Config, dict]:
                 "drop the flag or start a new run"
             )
         merged[name] = stored
+    merged["deterministic"] = saved.get("deterministic", True)
     resumed = dataclasses.replace(config, run_name=root.name, **merged)
     if state["epoch"] >= resumed.n_epochs:
         raise RunError(

@@ -146,14 +146,15 @@ def make_strategy(kind: str) -> tf.distribute.Strategy:
 def configure(config: Config) -> dict:
     """Seeds, determinism, dtype policy and XLA; returns what was chosen."""
     keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     precision = config.precision
     if precision == "auto":
         precision = "mixed_float16" if on_gpu else "float32"
     keras.mixed_precision.set_global_policy(precision)
     jit = {"on": True, "off": False, "auto": on_gpu}[config.jit_compile]
-    return {"precision": precision, "jit_compile": jit}
+    return {"precision": precision, "jit_compile": jit, "deterministic": bool(config.deterministic)}
 
 
 def compile_model(model: keras.Model, config: Config, steps: int, jit: bool) -> None:

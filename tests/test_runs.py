@@ -21,8 +21,11 @@ def test_new_runs_never_reuse_a_folder(tmp_path):
 
 def test_seed_is_drawn_and_recorded_when_missing(tmp_path):
     run, config = runs.create(Config(logdir=str(tmp_path)))
-    assert isinstance(config.seed, int)
-    assert json.loads(run.config.read_text())["seed"] == config.seed
+    assert isinstance(config.seed, int) and config.deterministic is False
+    saved = json.loads(run.config.read_text())
+    assert saved["seed"] == config.seed and saved["deterministic"] is False
+    _, seeded = runs.create(Config(logdir=str(tmp_path), seed=5))
+    assert seeded.deterministic is True
 
 
 def test_named_run_that_exists_is_refused_and_untouched(tmp_path):
