@@ -15,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-# The README's commands (the original's two first).
-COMMANDS = [
-    "swsl-train",
-    "swsl-train --centroids_trainable --n_filters 24 48 --centroid_grid 3 3",
-    "swsl-train --layer conv",
-]
+# The README's commands (the original's two first) and whether the accuracy
+# floor applies: the hard-sharing baseline is there for comparison only.
+COMMANDS = {
+    "swsl-train": True,
+    "swsl-train --centroids_trainable --n_filters 24 48 --centroid_grid 3 3": True,
+    "swsl-train --layer conv": False,
+}
 FULL_EPOCHS = 10
 FULL_FLOOR = 0.993  # the goal at the README's full budget
 SHORT_FLOOR = 0.97  # a shorter budget still has to learn
@@ -47,7 +48,7 @@ def main() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     bin_dir = Path(sys.executable).parent
     rows, failed = [], False
-    for index, command in enumerate(COMMANDS):
+    for index, (command, has_floor) in enumerate(COMMANDS.items()):
         run_name = f"reproduce-{stamp}-{index}"
         extra = ["--seed", str(SEED), "--quiet", "--logdir", args.logdir, "--run_name", run_name]
         if args.epochs != FULL_EPOCHS:
@@ -71,7 +72,7 @@ def main() -> int:
             if accuracy >= floor and images_ok
             else (f"below floor {floor:.3f}" if accuracy < floor else "no kernel images")
         )
-        failed |= verdict != "ok"
+        failed |= not verdict.startswith("ok")
         rows.append(
             (command, len(metrics["epochs"]), accuracy, metrics["wall_time_s"], speed, verdict)
         )
