@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jit_compile",
         choices=JIT,
         default=DEFAULTS.jit_compile,
-        help="XLA compilation of the train step; auto: on for GPU, off for CPU (default: auto)",
+        help="XLA compilation of the train step; auto: off (slower on CPU, and the shift "
+        "augmentation has no XLA kernel; use with --max_shift 0) (default: auto)",
     )
     more.add_argument(
         "--quiet", action="store_true", help="No progress bars: one plain line per epoch"
