@@ -20,6 +20,15 @@ LAYERS_RUN = "layers"
 PNG_DIR = "kernel_images"
 
 
+def layer_arrays(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A SWS layer's KCP kernels, similarity map and centroids, as numpy."""
+    return (
+        layer.kcp_kernels(),
+        keras.ops.convert_to_numpy(layer.similarity_map()),
+        keras.ops.convert_to_numpy(layer.centroid_positions),
+    )
+
+
 def layer_pictures(layer, color_coding: bool) -> dict[str, np.ndarray]:
     """The pictures of one SWS layer, as float images in [0, 1].
 
@@ -27,9 +36,7 @@ def layer_pictures(layer, color_coding: bool) -> dict[str, np.ndarray]:
     channel 0, one image per filter), `centroids` `(G, H', W', 3)`, and with
     `color_coding` `weighted_kernels_color` `(F, h, w, 3)` and `legend`.
     """
-    kernels = layer.kcp_kernels()
-    similarity = keras.ops.convert_to_numpy(layer.similarity_map())
-    centroids = keras.ops.convert_to_numpy(layer.centroid_positions)
+    kernels, similarity, centroids = layer_arrays(layer)
     pictures = {"weighted_kernels": visualize.kernel_tiles(kernels, similarity)[0][..., None]}
     pictures["centroids"] = np.stack(
         [
@@ -61,9 +68,7 @@ def export_kernel_pngs(model: keras.Model, folder: Path, color_coding: bool) -> 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for layer in sws_layers(model):
-        kernels = layer.kcp_kernels()
-        similarity = keras.ops.convert_to_numpy(layer.similarity_map())
-        centroids = keras.ops.convert_to_numpy(layer.centroid_positions)
+        kernels, similarity, centroids = layer_arrays(layer)
         factor = max(1, 8 // kernels.shape[0])
         images = {
             "weighted": visualize.mosaic(visualize.kernel_tiles(kernels, similarity)),
