@@ -19,21 +19,19 @@ IMPLEMENTATIONS = ("auto", "conv", "local")
 
 def _positive_pair(value, name: str) -> tuple[int, int]:
     """Normalises an int or a pair of ints to a pair of positive ints."""
-    received = value
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value), int(value))
+    pair = (value, value) if isinstance(value, (int, np.integer)) else value
     if (
-        not isinstance(value, Sequence)
-        or len(value) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-        or min(value) < 1
+        isinstance(value, bool)
+        or not isinstance(pair, Sequence)
+        or len(pair) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair)
+        or min(pair) < 1
     ):
-        value = received
         raise ValueError(
             f"Expected `{name}` to be a positive int or a pair of positive ints. "
             f"Received {name}={value!r}."
         )
-    return int(value[0]), int(value[1])
+    return int(pair[0]), int(pair[1])
 
 
 def centroid_count(centroids) -> int:

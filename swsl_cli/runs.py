@@ -89,11 +89,10 @@ def with_seed(config: Config) -> Config:
     A given seed asks for a repeatable run (deterministic ops); without one a
     fresh seed is drawn and recorded, and ops may pick their fastest kernels.
     """
-    if config.seed is not None:
-        deterministic = True if config.deterministic is None else config.deterministic
-        return dataclasses.replace(config, deterministic=deterministic)
-    deterministic = False if config.deterministic is None else config.deterministic
-    return dataclasses.replace(config, seed=secrets.randbelow(2**31), deterministic=deterministic)
+    given = config.seed is not None
+    seed = config.seed if given else secrets.randbelow(2**31)
+    deterministic = given if config.deterministic is None else config.deterministic
+    return dataclasses.replace(config, seed=seed, deterministic=deterministic)
 
 
 def create(config: Config, now: float | None = None) -> tuple[RunDir, Config]:

@@ -158,8 +158,9 @@ def centroid_map(
 def mosaic(images: np.ndarray) -> np.ndarray:
     """Arranges `(rows, cols, h, w[, 3])` images into one `(rows*h, cols*w[, 3])` picture.
 
-    A single row (one input channel) is folded into a near-square grid, so
-    that 24 filters make 4 rows of 6 rather than one long strip.
+    A single row (one input channel) is folded into a near-square grid of
+    `ceil(sqrt(cols))` columns, so that 24 filters make 5 rows of 5 (the last
+    cell blank) rather than one long strip.
     """
     rows, cols, height, width = images.shape[:4]
     if rows == 1 and cols > 3:
