@@ -319,9 +319,56 @@ def test_local_response_normalization_matches_formula(radius, alpha):
     )
 
 
-def test_auto_implementation_picks_local_for_small_patches():
+def test_auto_implementation_picks_local_unless_patches_are_large():
     first = SoftWeightSharingConv2D(24, 7, centroids=(2, 2))
     first.build((1, 28, 28, 1))  # a 49-value patch vs 96 stacked outputs
     second = SoftWeightSharingConv2D(48, 3, centroids=(2, 2))
     second.build((1, 14, 14, 24))  # a 216-value patch vs 192 stacked outputs
-    assert first.uses_local and not second.uses_local
+    wide = SoftWeightSharingConv2D(128, 3, centroids=(2, 2))
+    wide.build((1, 8, 8, 128))  # a 1152-value patch vs 512 stacked outputs
+    assert first.uses_local and second.uses_local and not wide.uses_local
+
+
+@pytest.mark.parametrize(
+    "kernel_size, strides, padding",
+    [((3, 5), (2, 1), "same"), ((3, 5), (2, 1), "valid"), (4, 3, "same"), (1, 1, "same")],
+)
+def test_implementations_agree_in_outputs_and_gradients(kernel_size, strides, padding):
+    # A 1x1 convolution in front makes the SWS layer's input gradient count:
+    # one SGD step must move every weight of both models the same way.
+    x = RNG.random((3, 9, 8, 2)).astype("float32")
+    y = RNG.normal(size=(3, 4)).astype("float32")
+    models = []
+    for implementation in ("conv", "local"):
+        keras.utils.set_random_seed(5)
+        model = keras.Sequential(
+            [
+                keras.Input(x.shape[1:]),
+                keras.layers.Conv2D(3, 1),
+                SoftWeightSharingConv2D(
+                    4,
+                    kernel_size,
+                    centroids=(2, 2),
+                    strides=strides,
+                    padding=padding,
+                    per_feature=True,
+                    centroids_trainable=True,
+                    bias_initializer="random_normal",
+                    implementation=implementation,
+                ),
+                keras.layers.GlobalAveragePooling2D(),
+            ]
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+        models.append(model)
+    conv, local = models
+    np.testing.assert_allclose(conv.predict(x, verbose=0), local.predict(x, verbose=0), atol=1e-5)
+    for model in models:
+        model.train_on_batch(x, y)
+    for before, after in zip(conv.weights, local.weights):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(before),
+            ops.convert_to_numpy(after),
+            atol=1e-5,
+            err_msg=before.name,
+        )
