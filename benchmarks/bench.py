@@ -75,17 +75,25 @@ def fit_throughput(
 
 
 def layer_step_ms(
-    implementation: str, shape, filters: int, kernel: int, repeats: int = 20
+    implementation: str, shape, filters: int, kernel: int, input_gradient: bool, repeats: int = 20
 ) -> float:
-    """Forward + backward time of one SWS layer (2x2 trainable per-feature centroids)."""
-    layer = SoftWeightSharingConv2D(
-        filters,
-        kernel,
-        centroids=(2, 2),
-        per_feature=True,
-        centroids_trainable=True,
-        implementation=implementation,
-    )
+    """Forward + backward time of one layer, as the model trains it.
+
+    `implementation` is an SWS implementation (2x2 trainable per-feature
+    centroids) or `"Conv2D"` for the baseline. The input gradient is taken only
+    where the model needs it (not for the first layer).
+    """
+    if implementation == "Conv2D":
+        layer = keras.layers.Conv2D(filters, kernel, padding="same")
+    else:
+        layer = SoftWeightSharingConv2D(
+            filters,
+            kernel,
+            centroids=(2, 2),
+            per_feature=True,
+            centroids_trainable=True,
+            implementation=implementation,
+        )
     layer.build(shape)
     inputs = tf.random.uniform(shape)
 
@@ -94,7 +102,8 @@ def layer_step_ms(
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_sum(tf.square(layer(x)))
-        return tape.gradient(loss, [x, *layer.trainable_variables])
+        sources = [x] if input_gradient else []
+        return tape.gradient(loss, sources + layer.trainable_variables)
 
     step(inputs)
     times = []
@@ -184,16 +193,16 @@ def main() -> int:
     add("time to first training step", first_step, "s", "from run() start, data loaded")
     add("swsl-train --help", help_seconds(), "s", "median of 5; goal <= 0.3")
 
-    for name, shape, filters, kernel in (
-        ("sws1", (64, 28, 28, 1), 24, 7),
-        ("sws2", (64, 14, 14, 24), 48, 3),
+    for name, shape, filters, kernel, input_gradient in (
+        ("sws1", (64, 28, 28, 1), 24, 7, False),
+        ("sws2", (64, 14, 14, 24), 48, 3, True),
     ):
-        for implementation in ("conv", "local"):
+        for implementation in ("conv", "local", "Conv2D"):
             add(
-                f"{name} layer fwd+bwd, implementation={implementation}",
-                layer_step_ms(implementation, shape, filters, kernel),
+                f"{name} layer fwd+bwd, {implementation}",
+                layer_step_ms(implementation, shape, filters, kernel, input_gradient),
                 "ms",
-                f"input {shape}",
+                f"input {shape}" + ("" if input_gradient else ", no input gradient"),
             )
 
     machine = (
