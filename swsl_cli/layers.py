@@ -266,6 +266,8 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
             and self.kernel_size[0] * self.kernel_size[1] * channels
             < 2 * self.filters * self.n_centroids
         )
+        if self.uses_local:
+            self._patch_padding, self._patch_indices = self._patch_rows(rows, cols)
         stacked = self.filters * self.n_centroids
         self.kernel = self.add_weight(
             name="kernel",
@@ -356,7 +358,7 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
     def _patch_rows(self, rows: int, cols: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
         """Padding and gather indices of every output cell's receptive field.
 
-        Returns the `(top, bottom, left, right)` padding of the input and, for
+        Computed once, in `build`. Returns the `(top, bottom, left, right)` padding of the input and, for
         cell `p` and kernel tap `t = (ti, tj)` in order, the flat index
         `row * padded_cols + col` of the padded input pixel under that tap:
         shape `(H'W' * kh * kw,)`.
@@ -383,14 +385,16 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         than the gradient of an image-patch extraction (README, benchmarks).
         """
         rows, cols, channels = inputs.shape[1:]
-        (top, bottom, left, right), indices = self._patch_rows(rows, cols)
+        top, bottom, left, right = self._patch_padding
         cells = self.output_rows * self.output_cols
         patch_size = self.kernel_size[0] * self.kernel_size[1] * channels
         pixels = ops.pad(
             ops.transpose(inputs, (1, 2, 3, 0)), ((top, bottom), (left, right), (0, 0), (0, 0))
         )
         pixels = ops.reshape(pixels, ((rows + top + bottom) * (cols + left + right), -1))
-        patches = ops.reshape(ops.take(pixels, indices, axis=0), (cells, patch_size, -1))
+        patches = ops.reshape(
+            ops.take(pixels, self._patch_indices, axis=0), (cells, patch_size, -1)
+        )
         kernels = ops.reshape(self.kernel, (patch_size, self.filters, self.n_centroids))
         weights = ops.reshape(
             ops.broadcast_to(
@@ -486,15 +490,16 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.alpha = float(alpha)
         self.beta = float(beta)
 
-    def call(self, inputs):
-        channels = inputs.shape[-1]
+    def build(self, input_shape):
         # The window sum over channels is a matmul with a 0/1 band matrix, and
         # the power goes through exp/log: both several times faster, forward
         # and backward, than shifted slices and `power` (benchmarks/bench.py).
-        offsets = np.arange(channels)
-        band = (np.abs(offsets[:, None] - offsets[None, :]) <= self.depth_radius).astype("float32")
+        offsets = np.arange(input_shape[-1])
+        self._band = (np.abs(offsets[:, None] - offsets) <= self.depth_radius).astype("float32")
+
+    def call(self, inputs):
         squares = ops.square(ops.cast(inputs, "float32"))
-        window = ops.matmul(squares, ops.convert_to_tensor(band))
+        window = ops.matmul(squares, ops.convert_to_tensor(self._band))
         scale = ops.exp(-self.beta * ops.log(self.bias + self.alpha * window))
         return inputs * ops.cast(scale, inputs.dtype)
 
