@@ -13,9 +13,15 @@ import sys
 from collections.abc import Sequence
 
 from swsl_cli import __version__
-from swsl_cli.config import DISTRIBUTE, JIT, LAYERS, MAX_COLORS, PRECISIONS, PROG, Config
+from swsl_cli.config import DISTRIBUTE, JIT, KCP_INITS, LAYERS, PRECISIONS, PROG, Config
+from swsl_cli.interrupts import Interrupted, handled_by, raise_interrupted
 
 DEFAULTS = Config()
+# Beyond these the network no longer fits a machine's memory (layer 2 alone has
+# 9 * filters^2 * centroids weights); the limits turn an out-of-memory kill
+# minutes into a run into a refusal at once.
+MAX_FILTERS = 1024
+MAX_CENTROIDS = 1024
 
 
 class UsageError(Exception):
@@ -25,6 +31,23 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         raise UsageError(message)
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends each flag's default, read from `Config`, to its help text.
+
+    The parser itself has no defaults (`argparse.SUPPRESS`), so that a parsed
+    namespace holds exactly the flags that were given.
+    """
+
+    def _get_help_string(self, action):
+        default = getattr(DEFAULTS, action.dest, None)
+        takes_value = action.nargs != 0 or isinstance(action, argparse.BooleanOptionalAction)
+        if default is None or not takes_value:
+            return action.help
+        if isinstance(default, tuple):
+            default = " ".join(map(str, default))
+        return f"{action.help} (default: {default})"
 
 
 def _number(kind, minimum=None, maximum=None, exclusive_min=False):
@@ -59,41 +82,45 @@ def _run_name(text: str) -> str:
     return text
 
 
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Demonstration of the soft spatial weight sharing layer: trains the "
         "two-layer soft weight sharing convnet on MNIST and logs to TensorBoard.",
         epilog="Example: swsl-train --centroids_trainable --n_filters 24 48 --centroid_grid 3 3",
+        argument_default=argparse.SUPPRESS,
+        formatter_class=_DefaultsFormatter,
     )
     # The original interface, in the original order, names and defaults.
     parser.add_argument(
         "--color_coding",
         action=argparse.BooleanOptionalAction,
-        default=DEFAULTS.color_coding,
         help="Whether to use color coding in TensorBoard (each kernel tile tinted by its "
-        f"nearest centroid; at most {MAX_COLORS} centroids). Off by default; the original "
-        "flag could never be turned off",
+        "nearest centroid). The original flag could never be turned off",
     )
     parser.add_argument(
         "--centroid_grid",
         nargs=2,
-        type=_number(int, minimum=1),
-        default=DEFAULTS.centroid_grid,
+        type=_number(int, minimum=1, maximum=32),
         metavar="CENTROID_GRID",
-        help="Grid in which the centroids are arranged at (rows cols; default: 2 2)",
+        help="Grid in which the centroids are arranged at (rows cols)",
     )
     parser.add_argument(
         "--n_centroids",
-        type=_number(int, minimum=1),
-        default=DEFAULTS.n_centroids,
+        type=_number(int, minimum=1, maximum=MAX_CENTROIDS),
         help="If n_centroids is given, the centroids are initialized randomly "
         "(overrides --centroid_grid)",
     )
     parser.add_argument(
         "--logdir",
-        default=DEFAULTS.logdir,
-        help="Specify dir for TensorFlow logs, defaults to ./tensorboard",
+        type=_non_empty,
+        help="Specify dir for TensorFlow logs, one folder per run inside it",
     )
     parser.add_argument(
         "--centroids_trainable",
@@ -103,62 +130,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log_verbosity",
         type=_number(int, minimum=0, maximum=3),
-        default=DEFAULTS.log_verbosity,
         help="TensorBoard log verbosity: 0 losses, accuracies and kernel images; "
-        "1 adds gradients; 2 adds weight histograms; 3 adds activations (default: 0)",
+        "1 adds gradients; 2 adds weight histograms; 3 adds activations",
     )
     parser.add_argument(
         "--n_filters",
         nargs=2,
-        type=_number(int, minimum=1),
-        default=DEFAULTS.n_filters,
+        type=_number(int, minimum=1, maximum=MAX_FILTERS),
         metavar="N_FILTERS",
-        help="Number of filters in the conv layers (default: 24 48)",
+        help="Number of filters in the conv layers",
     )
     parser.add_argument(
-        "--n_epochs",
-        type=_number(int, minimum=1),
-        default=DEFAULTS.n_epochs,
-        help="Number of training epochs (default: 10)",
+        "--n_epochs", type=_number(int, minimum=1), help="Number of training epochs"
     )
 
     more = parser.add_argument_group("further options")
     more.add_argument(
         "--data_dir",
+        type=_non_empty,
         help="MNIST source: a TFDS data dir, a folder with the four MNIST IDX files "
-        "(.gz or not), or a Keras-style mnist.npz (default: TFDS's own data dir)",
+        "(.gz or not), or a Keras-style mnist.npz. Default: TFDS's own data dir when MNIST "
+        "is prepared there or the network answers, else the copy shipped with swsl-cli",
     )
     more.add_argument(
         "--batch_size",
-        type=_number(int, minimum=1),
-        default=DEFAULTS.batch_size,
-        help="Images per training step, per replica (default: 64)",
+        type=_number(int, minimum=1, maximum=65536),
+        help="Images per training step, per replica",
     )
     more.add_argument(
         "--learning_rate",
         type=_number(float, minimum=0, exclusive_min=True),
-        default=DEFAULTS.learning_rate,
-        help="Adam's initial learning rate (default: 0.001; the original used 0.01)",
+        help="Adam's initial learning rate (the original used 0.01)",
     )
     more.add_argument(
         "--lr_decay",
         type=_number(float, minimum=0, maximum=1, exclusive_min=True),
-        default=DEFAULTS.lr_decay,
-        help="Learning rate factor per epoch (default: 0.75; 1 keeps it constant, as the original)",
+        help="Learning rate factor per epoch (1 keeps it constant, as the original)",
     )
     more.add_argument(
         "--max_shift",
         type=_number(int, minimum=0, maximum=14),
-        default=DEFAULTS.max_shift,
         help="Training augmentation: random shifts of up to this many pixels per axis "
-        "(default: 2; 0 turns it off, as the original)",
+        "(0 turns it off, as the original)",
     )
     more.add_argument(
         "--seed",
         type=_number(int, minimum=0, maximum=2**31 - 1),
-        default=DEFAULTS.seed,
         help="Random seed; makes runs repeatable (deterministic ops). Default: a fresh seed, "
-        "recorded in metrics.json, without op determinism",
+        "recorded in config.json, without op determinism",
     )
     more.add_argument(
         "--run_name",
@@ -168,9 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument(
         "--layer",
         choices=LAYERS,
-        default=DEFAULTS.layer,
-        help="sws: soft weight sharing layers; conv: the same net with plain Conv2D, "
-        "the hard-sharing baseline (default: sws)",
+        help="sws: soft weight sharing layers; conv: plain Conv2D (hard sharing); "
+        "local: LocallyConnected2D (no sharing); the rest of the network is the same",
+    )
+    more.add_argument(
+        "--kcp_init",
+        choices=KCP_INITS,
+        help="SWS kernels at step 0: independent (each KCP its own random kernel) or shared "
+        "(every KCP the same kernel, so the layer starts as a plain convolution)",
     )
     more.add_argument(
         "--max_train_examples",
@@ -185,28 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument(
         "--resume",
         action="store_true",
-        help="Continue --run_name (default: the newest run in --logdir) from its last "
-        "complete epoch",
+        help="Continue --run_name (default: the newest run in --logdir) where it stopped, "
+        "with its saved settings; only --n_epochs (to extend it), --data_dir (the same data "
+        "elsewhere) and --quiet may be given with it",
     )
     more.add_argument(
         "--distribute",
         choices=DISTRIBUTE,
-        default=DEFAULTS.distribute,
         help="none; mirrored: all local GPUs (tf.distribute.MirroredStrategy); multi_worker: "
-        "MultiWorkerMirroredStrategy from TF_CONFIG (default: none)",
+        "MultiWorkerMirroredStrategy from TF_CONFIG",
     )
     more.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default=DEFAULTS.precision,
-        help="Keras dtype policy; auto: mixed_float16 on GPU, float32 on CPU (default: auto)",
+        help="Keras dtype policy; auto: mixed_float16 on GPU, float32 on CPU",
     )
     more.add_argument(
         "--jit_compile",
         choices=JIT,
-        default=DEFAULTS.jit_compile,
-        help="XLA compilation of the train step; auto: off (slower on CPU, and the shift "
-        "augmentation has no XLA kernel; use with --max_shift 0) (default: auto)",
+        help="XLA compilation of the train step (measured slower on CPU; the shift "
+        "augmentation has no XLA kernel, so use it with --max_shift 0)",
     )
     more.add_argument(
         "--quiet", action="store_true", help="No progress bars: one plain line per epoch"
@@ -215,59 +237,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Config:
-    """Parses and validates a command line; raises `UsageError` on anything wrong."""
-    args = build_parser().parse_args(argv)
-    config = Config(
-        color_coding=args.color_coding,
-        centroid_grid=tuple(args.centroid_grid),
-        n_centroids=args.n_centroids,
-        logdir=args.logdir,
-        centroids_trainable=args.centroids_trainable,
-        log_verbosity=args.log_verbosity,
-        n_filters=tuple(args.n_filters),
-        n_epochs=args.n_epochs,
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_decay=args.lr_decay,
-        max_shift=args.max_shift,
-        seed=args.seed,
-        run_name=args.run_name,
-        layer=args.layer,
-        max_train_examples=args.max_train_examples,
-        max_test_examples=args.max_test_examples,
-        quiet=args.quiet,
-        resume=args.resume,
-        distribute=args.distribute,
-        precision=args.precision,
-        jit_compile=args.jit_compile,
-    )
-    if config.color_coding and config.layer == "sws" and config.kcp_count > MAX_COLORS:
-        raise UsageError(
-            f"--color_coding supports at most {MAX_COLORS} centroids, got {config.kcp_count}; "
-            "use fewer centroids or --no-color_coding"
-        )
-    if not config.logdir:
-        raise UsageError("--logdir must not be empty")
+def parse_command(argv: Sequence[str] | None = None) -> tuple[Config, frozenset[str]]:
+    """Parses and validates a command line into a config and the names of the flags given.
+
+    Raises `UsageError` on anything wrong.
+    """
+    given = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in vars(build_parser().parse_args(argv)).items()
+    }
+    config = Config(**given)
     if config.distribute == "multi_worker" and not os.environ.get("TF_CONFIG"):
         raise UsageError(
             "--distribute multi_worker needs the TF_CONFIG environment variable "
             "(cluster and task of this worker); see the README"
         )
-    return config
+    return config, frozenset(given)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    """The config of a command line; raises `UsageError` on anything wrong."""
+    return parse_command(argv)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: returns the exit status."""
     try:
-        config = parse_args(argv)
+        config, given = parse_command(argv)
     except UsageError as error:
         print(f"{PROG}: error: {error} (see {PROG} --help)", file=sys.stderr)
         return 2
-    from swsl_cli.train import main as train_main
+    # Until training installs its own handlers, a signal ends the start-up in one line.
+    with handled_by(raise_interrupted):
+        try:
+            from swsl_cli.train import main as train_main
 
-    return train_main(config)
+            return train_main(config, given)
+        except Interrupted as interrupt:
+            print(f"{PROG}: interrupted by {interrupt.signal_name} while starting", file=sys.stderr)
+            return interrupt.exit_code
 
 
 if __name__ == "__main__":

@@ -6,32 +6,20 @@ Imports nothing heavy, so `swsl-train --help` stays instant.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 PROG = "swsl-train"
-MAX_COLORS = 12
-LAYERS = ("sws", "conv")
+LAYERS = ("sws", "conv", "local")
+KCP_INITS = ("independent", "shared")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-JIT = ("auto", "on", "off")
+JIT = ("off", "on")
 
-# Flags whose change makes a saved run a different experiment: `--resume`
-# refuses to continue a run under other values of these.
-EXPERIMENT_FIELDS = (
-    "centroid_grid",
-    "n_centroids",
-    "centroids_trainable",
-    "n_filters",
-    "layer",
-    "batch_size",
-    "learning_rate",
-    "seed",
-    "max_train_examples",
-    "max_test_examples",
-    "max_shift",
-    "distribute",
-)
+# What `--resume` may take from the command line; every other flag comes back
+# from the saved run, and giving it with another value is refused. `n_epochs`
+# extends the run, `data_dir` may point at the same data elsewhere (checked by
+# fingerprint), the rest only says where the run is or how much to print.
+RESUME_OVERRIDES = ("n_epochs", "data_dir", "quiet", "logdir", "run_name", "resume")
 
 
 @dataclass(frozen=True)
@@ -56,30 +44,24 @@ class Config:
     deterministic: bool | None = None
     run_name: str | None = None
     layer: str = "sws"
+    kcp_init: str = "independent"
     max_train_examples: int | None = None
     max_test_examples: int | None = None
     quiet: bool = False
     resume: bool = False
     distribute: str = "none"
     precision: str = "auto"
-    jit_compile: str = "auto"
+    jit_compile: str = "off"
 
     @property
     def centroids(self) -> int | tuple[int, int]:
         """The layer's `centroids` argument: `n_centroids` (random) overrides the grid."""
         return self.n_centroids if self.n_centroids is not None else tuple(self.centroid_grid)
 
-    @property
-    def kcp_count(self) -> int:
-        """Number of kernel-centroid pairs per SWS layer."""
-        if self.n_centroids is not None:
-            return self.n_centroids
-        return self.centroid_grid[0] * self.centroid_grid[1]
-
     def default_run_name(self, stamp: str) -> str:
         """A readable run name from the flags that shape the experiment, plus a time stamp."""
-        if self.layer == "conv":
-            arrangement = "conv"
+        if self.layer != "sws":
+            arrangement = self.layer
         elif self.n_centroids is not None:
             arrangement = f"sws-r{self.n_centroids}"
         else:
@@ -96,5 +78,11 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        """A config from `to_dict` output (JSON lists back to tuples); unknown keys are refused."""
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown settings {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

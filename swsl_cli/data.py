@@ -221,11 +221,11 @@ def load_mnist(data_dir: str | None) -> MnistArrays:
     )
 
 
-def _scale(images, labels):
+def _with_channel(images, labels):
     import tensorflow as tf
 
-    images = tf.cast(images, tf.float32)[..., None] / 255.0
-    return images, labels
+    # The model rescales to [0, 1] itself, so that a saved model takes images as stored.
+    return tf.cast(images, tf.float32)[..., None], labels
 
 
 def train_dataset(arrays: MnistArrays, batch_size: int, seed: int, epochs: range):
@@ -248,7 +248,7 @@ def train_dataset(arrays: MnistArrays, batch_size: int, seed: int, epochs: range
 
     dataset = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
     dataset = dataset.map(
-        lambda index: _scale(tf.gather(images, index), tf.gather(labels, index)),
+        lambda index: _with_channel(tf.gather(images, index), tf.gather(labels, index)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -260,7 +260,7 @@ def test_dataset(arrays: MnistArrays, batch_size: int):
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((arrays.x_test, arrays.y_test))
-    return dataset.batch(batch_size).map(_scale).cache().prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).map(_with_channel).cache().prefetch(tf.data.AUTOTUNE)
 
 
 def steps_per_epoch(arrays: MnistArrays, batch_size: int) -> int:

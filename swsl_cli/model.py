@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 
 from swsl_cli.config import Config
@@ -36,14 +38,16 @@ def _conv(config: Config, index: int, filters: int, kernel_size: int, seed: int)
 def build_model(config: Config, seed: int = 0) -> keras.Model:
     """The seed network: conv 7x7 -> LRN -> pool -> conv 3x3 -> pool -> LRN -> 128 -> 256 -> 10.
 
-    With `max_shift`, a random translation of the training images comes first.
+    The model takes images as stored, 0-255 (uint8 or float), and scales them
+    itself. With `max_shift`, a random translation of the training images comes first.
 
     Both convolutions are `SoftWeightSharingConv2D` (`per_feature=True`, the
     flags' centroids) for `--layer sws`, or plain `Conv2D` for `--layer conv`.
     """
     first, second = config.n_filters
     inputs = keras.Input(INPUT_SHAPE, name="image")
-    x = inputs
+    # Pixels arrive as stored (0-255): the saved model takes raw images.
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
     if config.max_shift:
         # Whole-pixel shifts with a black border, during training only.
         factor = config.max_shift / INPUT_SHAPE[0]
@@ -76,3 +80,15 @@ def build_model(config: Config, seed: int = 0) -> keras.Model:
 def sws_layers(model: keras.Model) -> list[SoftWeightSharingConv2D]:
     """The model's soft weight sharing layers, in order."""
     return [layer for layer in model.layers if isinstance(layer, SoftWeightSharingConv2D)]
+
+
+def parameter_counts(model: keras.Model) -> dict[str, int]:
+    """Trainable and total parameters of every layer that has weights, and of the model."""
+    counts = {
+        layer.name: sum(math.prod(w.shape) for w in layer.trainable_weights)
+        for layer in model.layers
+        if layer.weights
+    }
+    counts["trainable"] = sum(counts.values())
+    counts["total"] = int(model.count_params())
+    return counts

@@ -1,11 +1,67 @@
-"""Console progress: a tqdm bar per epoch on a terminal, one summary line per epoch always."""
+"""Console output: a tqdm bar per epoch on a terminal, one summary line per epoch always.
+
+`Console` stops printing, never training, when its stream goes away (stdout
+closed, or a pipe whose reader quit, as `swsl-train ... | head -4`).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import keras
 from tqdm.auto import tqdm
+
+
+class Console:
+    """Lines to a stream (stdout) and errors to stderr, immune to a vanished reader."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.closed = stream is None
+
+    def isatty(self) -> bool:
+        try:
+            return not self.closed and self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._close()
+
+    def flush(self) -> None:
+        self.write("")
+
+    def line(self, text: str) -> None:
+        self.write(text + "\n")
+
+    @staticmethod
+    def error(text: str) -> None:
+        if sys.stderr is None:
+            return
+        try:
+            print(text, file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+
+    def _close(self) -> None:
+        """Silences the stream for good, including the interpreter's flush at exit."""
+        self.closed = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float, images: int) -> str:
@@ -19,14 +75,16 @@ def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float, images: int)
 
 
 class ProgressBar(keras.callbacks.Callback):
-    """Per-epoch tqdm bar with live loss/accuracy; plain lines when not a terminal or quiet."""
+    """Per-epoch tqdm bar with live loss/accuracy, on a terminal and unless quiet."""
 
-    def __init__(self, epochs: int, steps: int, quiet: bool = False, stream=None):
+    def __init__(
+        self, epochs: int, steps: int, quiet: bool = False, console: Console | None = None
+    ):
         super().__init__()
         self.epochs = epochs
         self.steps = steps
-        self.stream = stream or sys.stdout
-        self.show_bar = not quiet and self.stream.isatty()
+        self.console = console or Console(sys.stdout)
+        self.show_bar = not quiet and self.console.isatty()
         self.bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -36,7 +94,7 @@ class ProgressBar(keras.callbacks.Callback):
                 desc=f"epoch {epoch + 1}/{self.epochs}",
                 unit="step",
                 leave=False,
-                file=self.stream,
+                file=self.console,
                 dynamic_ncols=True,
             )
 
@@ -54,9 +112,3 @@ class ProgressBar(keras.callbacks.Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-    def report(self, epoch: int, logs: dict, seconds: float, images: int) -> None:
-        """Prints the epoch's summary line (called by the metrics recorder)."""
-        print(
-            epoch_line(epoch + 1, self.epochs, logs, seconds, images), file=self.stream, flush=True
-        )

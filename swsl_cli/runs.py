@@ -1,75 +1,254 @@
-"""Run folders under `--logdir`: created fresh, never overwritten, found again for `--resume`.
+"""Run folders under `--logdir`: every file of a run, created fresh, never overwritten,
+checkpointed atomically and found again for `--resume`.
 
 No TensorFlow here: a bad `--logdir` or `--resume` is refused before it loads.
+A run folder holds:
+
+    config.json            the settings (what `--resume` restores)
+    metrics.json           status, per-epoch metrics, final test figures
+    lock                   held (flock) by the process training the run
+    checkpoints/epoch-N/   model.keras + state.json of the last complete epoch
+    model.keras            the final model (after the test evaluation)
+    kernel_images/         PNG pictures of the layers
+    train/ validation/ layers/   TensorBoard event files
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import hashlib
 import json
 import os
+import re
 import secrets
+import shlex
+import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from swsl_cli.config import EXPERIMENT_FIELDS, Config
+from swsl_cli.config import PROG, RESUME_OVERRIDES, Config
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_MODEL = "model.keras"
-CHECKPOINT_STATE = "state.json"
-MODEL_FILE = "model.keras"
-KERNEL_IMAGES = "kernel_images"
+CHECKPOINTS = "checkpoints"
+PARTIAL = "partial-"
+EPOCH_FOLDER = re.compile(r"epoch-(\d+)$")
 
 
 class RunError(Exception):
     """The run folder cannot be used; the message says why and what to do."""
 
 
+def write_error(path: Path, error: OSError) -> RunError:
+    """A one-line error for a failed write that names the file (disk full, read-only, ...)."""
+    return RunError(f"cannot write {path}: {error.strerror or error}")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Calls `write(temporary)` and renames the result over `path`.
+
+    A crash or a full disk leaves the old file or the new one, never half of
+    one, and no temporary file behind.
+    """
+    temporary = path.with_name(f"{PARTIAL}{os.getpid()}-{path.name}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise write_error(path, error) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Writes JSON atomically."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda temporary: temporary.write_text(text))
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or a `RunError` saying the file is damaged."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{what} {path} is missing") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise RunError(f"{what} {path} is damaged ({error}); start a new run") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{what} {path} is damaged (not a JSON object); start a new run")
+    return value
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, as hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One complete epoch: its folder, the model file and the saved state."""
+
+    folder: Path
+    state: dict
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+    @property
+    def model(self) -> Path:
+        return self.folder / "model.keras"
+
+
 @dataclass(frozen=True)
 class RunDir:
-    """The files of one run."""
+    """The files of one run; every write to a run folder goes through here."""
 
     root: Path
 
     @property
     def config(self) -> Path:
-        return self.root / CONFIG_FILE
+        return self.root / "config.json"
 
     @property
     def metrics(self) -> Path:
-        return self.root / METRICS_FILE
-
-    @property
-    def checkpoint_model(self) -> Path:
-        return self.root / CHECKPOINT_DIR / CHECKPOINT_MODEL
-
-    @property
-    def checkpoint_state(self) -> Path:
-        return self.root / CHECKPOINT_DIR / CHECKPOINT_STATE
+        return self.root / "metrics.json"
 
     @property
     def model(self) -> Path:
-        return self.root / MODEL_FILE
+        return self.root / "model.keras"
 
     @property
     def kernel_images(self) -> Path:
-        return self.root / KERNEL_IMAGES
+        return self.root / "kernel_images"
 
-    def saved_state(self) -> dict | None:
-        """The last complete epoch's state, or None when there is no checkpoint."""
-        if not (self.checkpoint_state.is_file() and self.checkpoint_model.is_file()):
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "lock"
+
+    def write_config(self, config: Config) -> None:
+        write_json(self.config, config.to_dict())
+
+    def read_config(self) -> Config:
+        try:
+            return Config.from_dict(read_json(self.config, "settings file"))
+        except (TypeError, ValueError) as error:
+            raise RunError(
+                f"settings file {self.config} is damaged ({error}); start a new run"
+            ) from None
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.metrics, metrics)
+
+    def read_metrics(self) -> dict:
+        """The metrics written so far; an empty dict when there are none."""
+        if not self.metrics.exists():
+            return {}
+        return read_json(self.metrics, "metrics file")
+
+    def save_model(self, save: Callable[[Path], None]) -> None:
+        """The final model, written atomically by `save(path)` (e.g. `model.save`)."""
+        atomic_write(self.model, save)
+
+    def save_checkpoint(self, save: Callable[[Path], None], state: dict) -> Checkpoint:
+        """Commits one epoch: model and state written into a partial folder, then one rename.
+
+        `state.json` records the model file's SHA-256, so a damaged model is
+        refused on resume. Older epochs are removed after the commit.
+        """
+        epoch = int(state["epoch"])
+        final = self.checkpoints / f"epoch-{epoch}"
+        partial = self.checkpoints / f"{PARTIAL}{os.getpid()}-epoch-{epoch}"
+        try:
+            partial.mkdir(parents=True, exist_ok=True)
+            save(partial / "model.keras")
+            state = {**state, "model_sha256": file_digest(partial / "model.keras")}
+            (partial / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+            if final.exists():  # an epoch trained again after a crash: the new one wins
+                shutil.rmtree(final)
+            os.rename(partial, final)
+        except OSError as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise write_error(final, error) from None
+        for folder in self.checkpoints.iterdir():
+            if folder != final:
+                shutil.rmtree(folder, ignore_errors=True)
+        return Checkpoint(final, state)
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest committed epoch, checked against its model's hash; None when none."""
+        if not self.checkpoints.is_dir():
             return None
-        return json.loads(self.checkpoint_state.read_text())
+        epochs = [
+            (int(match.group(1)), folder)
+            for folder in self.checkpoints.iterdir()
+            if (match := EPOCH_FOLDER.match(folder.name))
+        ]
+        if not epochs:
+            return None
+        _, folder = max(epochs)
+        checkpoint = Checkpoint(folder, read_json(folder / "state.json", "checkpoint state"))
+        try:
+            intact = file_digest(checkpoint.model) == checkpoint.state.get("model_sha256")
+        except OSError:
+            intact = False
+        if not intact:
+            raise RunError(
+                f"checkpoint {checkpoint.model} is missing or damaged (its SHA-256 does not "
+                "match state.json); this run cannot be resumed, start a new one"
+            )
+        return checkpoint
 
+    def remove_partial_files(self) -> None:
+        """Removes what a killed process left half-written (`partial-*`)."""
+        for folder in (self.root, self.checkpoints, self.kernel_images):
+            for path in folder.glob(f"{PARTIAL}*") if folder.is_dir() else ():
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
-def write_json(path: Path, data: dict) -> None:
-    """Writes JSON atomically: a crash leaves the old file or the new one, never half."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Holds the run's lock: a second process training the same run is refused."""
+        try:
+            handle = self.lock_file.open("a+")
+        except OSError as error:
+            raise write_error(self.lock_file, error) from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise write_error(self.lock_file, error) from None
+                handle.seek(0)
+                owner = handle.read().strip() or "another process"
+                raise RunError(
+                    f"run {self.root} is being trained by {owner}; wait for it to end or stop it"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                with contextlib.suppress(FileNotFoundError):
+                    self.lock_file.unlink()
 
 
 def _usable_logdir(logdir: Path) -> None:
@@ -89,6 +268,8 @@ def with_seed(config: Config) -> Config:
     A given seed asks for a repeatable run (deterministic ops); without one a
     fresh seed is drawn and recorded, and ops may pick their fastest kernels.
     """
+    if config.seed is not None and config.deterministic is not None:
+        return config
     given = config.seed is not None
     seed = config.seed if given else secrets.randbelow(2**31)
     deterministic = given if config.deterministic is None else config.deterministic
@@ -116,7 +297,11 @@ def create(config: Config, now: float | None = None) -> tuple[RunDir, Config]:
             raise RunError(f"cannot create run folder {root}: {error.strerror}") from None
         run = RunDir(root)
         config = dataclasses.replace(config, run_name=name)
-        write_json(run.config, config.to_dict())
+        try:
+            run.write_config(config)
+        except RunError:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
         return run, config
     raise RunError(
         f"run folder {logdir / names[0]} already exists; pass --resume to continue it, "
@@ -125,56 +310,79 @@ def create(config: Config, now: float | None = None) -> tuple[RunDir, Config]:
 
 
 def _latest_run(logdir: Path) -> Path:
-    candidates = [
-        path.parent.parent for path in logdir.glob(f"*/{CHECKPOINT_DIR}/{CHECKPOINT_STATE}")
-    ]
+    candidates = [path.parent.parent for path in logdir.glob(f"*/{CHECKPOINTS}/epoch-*")]
     if not candidates:
         raise RunError(f"--resume: no run with a checkpoint in --logdir {logdir}")
-    return max(
-        candidates, key=lambda path: (path / CHECKPOINT_DIR / CHECKPOINT_STATE).stat().st_mtime
-    )
+    return max(candidates, key=lambda path: (path / CHECKPOINTS).stat().st_mtime)
 
 
-def resume(config: Config) -> tuple[RunDir, Config, dict]:
-    """The run to continue, its saved config merged with this command line, and its state.
+def _flag_value(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
-    Flags that define the experiment (grid, filters, seed, ...) come from the
-    saved run; giving one a different non-default value is refused.
-    Everything else (epochs, verbosity, quiet, ...) follows the command line.
+
+@dataclass(frozen=True)
+class Resumption:
+    """What `--resume` continues: the run, its settings, and its last complete epoch."""
+
+    run: RunDir
+    config: Config
+    checkpoint: Checkpoint
+
+
+def resume(config: Config, given: frozenset[str]) -> Resumption:
+    """The run to continue, with its saved settings; nothing is written here.
+
+    Every setting comes back from the run's `config.json`. Of the flags
+    `given` on the command line, only those in `RESUME_OVERRIDES` may differ
+    from the saved ones: a larger `--n_epochs` extends the run, `--data_dir`
+    may point at the same data elsewhere (checked by the caller). Any other
+    flag that contradicts the saved run is refused, even at its default value.
     """
     logdir = Path(config.logdir).expanduser()
     if not logdir.is_dir():
         raise RunError(f"--resume: --logdir {logdir} does not exist")
     root = logdir / config.run_name if config.run_name else _latest_run(logdir)
-    run = RunDir(root)
     if not root.is_dir():
         raise RunError(f"--resume: no run {config.run_name!r} in --logdir {logdir}")
-    state = run.saved_state()
-    if state is None:
+    run = RunDir(root)
+    saved = run.read_config()
+    for name in sorted(given - set(RESUME_OVERRIDES)):
+        if getattr(config, name) != getattr(saved, name):
+            raise RunError(
+                f"--resume: --{name} {_flag_value(getattr(config, name))} contradicts the saved "
+                f"run's {_flag_value(getattr(saved, name))}; drop the flag or start a new run"
+            )
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
         raise RunError(
             f"--resume: run {root.name!r} has no complete epoch to resume from; start it anew"
         )
-    if not run.config.is_file():
-        raise RunError(f"--resume: run {root.name!r} lacks its {CONFIG_FILE}")
-    saved = json.loads(run.config.read_text())
-    defaults = Config()
-    merged = {}
-    for name in EXPERIMENT_FIELDS:
-        given, stored = getattr(config, name), saved.get(name)
-        if isinstance(given, tuple):
-            stored = tuple(stored) if stored is not None else None
-        if given != getattr(defaults, name) and given != stored:
-            raise RunError(
-                f"--resume: --{name} {given} contradicts the saved run's {stored}; "
-                "drop the flag or start a new run"
-            )
-        merged[name] = stored
-    merged["deterministic"] = saved.get("deterministic", True)
-    resumed = dataclasses.replace(config, run_name=root.name, **merged)
-    if state["epoch"] >= resumed.n_epochs:
+    epochs = config.n_epochs if "n_epochs" in given else saved.n_epochs
+    if epochs < saved.n_epochs:
         raise RunError(
-            f"--resume: run {root.name!r} already completed {state['epoch']} epochs; "
-            f"pass a larger --n_epochs to train on"
+            f"--resume: --n_epochs {epochs} is fewer than the saved run's {saved.n_epochs}; "
+            "a run can be extended, not shortened"
         )
-    write_json(run.config, resumed.to_dict())
-    return run, resumed, state
+    metrics = run.read_metrics()
+    if metrics.get("status") == "completed" and epochs <= checkpoint.epoch:
+        raise RunError(
+            f"--resume: run {root.name!r} is complete ({checkpoint.epoch} epochs, test accuracy "
+            f"{metrics.get('test_accuracy', 0):.4f}); pass --n_epochs larger than "
+            f"{checkpoint.epoch} to train on"
+        )
+    resumed = dataclasses.replace(
+        saved,
+        n_epochs=epochs,
+        data_dir=config.data_dir if "data_dir" in given else saved.data_dir,
+        quiet=config.quiet if "quiet" in given else saved.quiet,
+        logdir=config.logdir,
+        run_name=root.name,
+        resume=True,
+    )
+    return Resumption(run, resumed, checkpoint)
+
+
+def resume_command(config: Config) -> str:
+    """The shell command that continues this run, quoted to paste as is."""
+    logdir = str(Path(config.logdir).expanduser().resolve())
+    return shlex.join([PROG, "--resume", "--logdir", logdir, "--run_name", config.run_name])

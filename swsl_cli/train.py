@@ -1,59 +1,172 @@
-"""`run(config)`: data, model, callbacks and outputs of one training run."""
+"""`run(config)`: one training run in four phases, each safe to stop and resume.
+
+1. prepare: the run folder (new, or the one `--resume` continues), seeds,
+   device, strategy and data;
+2. build or restore: a new model, or the last complete epoch's checkpoint;
+3. fit: the remaining epochs, each committed as one atomic checkpoint;
+4. finish: test evaluation, final model, PNGs, `metrics.json` "completed".
+
+A run stopped anywhere resumes at the phase it stopped in.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import math
 import os
+import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def native_stderr_hidden():
+    """Hides file descriptor 2 while TensorFlow's C++ libraries load.
+
+    They log oneDNN and CUDA probing lines before any log level applies
+    (TF_CPP_MIN_LOG_LEVEL does not reach them); none is actionable. Python
+    errors still surface: they are raised, not printed, inside the block.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+with native_stderr_hidden():
+    import keras
+    import tensorflow as tf
 
 from swsl_cli import data, runs  # noqa: E402
 from swsl_cli.config import PROG, Config  # noqa: E402
-from swsl_cli.model import build_model  # noqa: E402
-from swsl_cli.progress import ProgressBar  # noqa: E402
+from swsl_cli.interrupts import (  # noqa: E402
+    EXIT_CODES,
+    Interrupted,
+    handled_by,
+)
+from swsl_cli.model import build_model, parameter_counts  # noqa: E402
+from swsl_cli.progress import Console, ProgressBar, epoch_line  # noqa: E402
 from swsl_cli.summaries import LayerSummaries, export_kernel_pngs, tensorboard_callback  # noqa: E402
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+@dataclass(frozen=True)
+class Settings:
+    """What `configure` chose for this machine."""
+
+    precision: str
+    jit_compile: bool
+    deterministic: bool
 
 
 @dataclass
-class RunState:
-    """Why training stopped early, shared by the signal handlers and callbacks."""
+class Session:
+    """A prepared run: everything the later phases read."""
 
+    config: Config
+    run: runs.RunDir
+    arrays: data.MnistArrays
+    strategy: tf.distribute.Strategy
+    settings: Settings
+    device: str
+    console: Console
     started: float
-    signal_name: str | None = None
-    nonfinite_at: tuple[int, int] | None = None
-    first_step_s: float | None = None
+    checkpoint: runs.Checkpoint | None
+    fresh: bool  # the run folder was created by this process
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.replicas
+
+    @property
+    def steps(self) -> int:
+        return data.steps_per_epoch(self.arrays, self.global_batch)
+
+    @property
+    def start_epoch(self) -> int:
+        return self.checkpoint.epoch if self.checkpoint else 0
+
+
+@dataclass
+class RunRecord:
+    """`metrics.json`: the run's status and figures, rewritten after every change."""
+
+    session: Session
     epochs: list = field(default_factory=list)
+    parameters: dict = field(default_factory=dict)
+    first_step_s: float | None = None
+    nonfinite_at: tuple[int, int] | None = None
+    signal_name: str | None = None
 
     @property
     def stopped(self) -> bool:
         return self.signal_name is not None or self.nonfinite_at is not None
 
+    def write(self, status: str, **final) -> None:
+        session = self.session
+        session.run.write_metrics(
+            {
+                "flags": session.config.to_dict(),
+                "status": status,
+                "device": session.device,
+                "strategy": session.config.distribute,
+                "replicas": session.replicas,
+                **dataclasses.asdict(session.settings),
+                "data": session.arrays.source,
+                "data_fingerprint": fingerprint(session.arrays),
+                "parameters": self.parameters,
+                "epochs": self.epochs,
+                "wall_time_s": round(time.perf_counter() - session.started, 3),
+                "time_to_first_step_s": self.first_step_s,
+                **final,
+            }
+        )
+
+
+def fingerprint(arrays: data.MnistArrays) -> str:
+    """A short hash of the images and labels, to recognise the same data elsewhere."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test):
+        digest.update(str(array.shape).encode())
+        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
 
 class StopOnRequest(keras.callbacks.Callback):
     """Ends training at the next step boundary after a signal or a non-finite loss."""
 
-    def __init__(self, state: RunState):
+    def __init__(self, record: RunRecord):
         super().__init__()
-        self.state = state
+        self.record = record
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.state.first_step_s is None:
-            self.state.first_step_s = round(time.perf_counter() - self.state.started, 3)
+        record = self.record
+        if record.first_step_s is None:
+            record.first_step_s = round(time.perf_counter() - record.session.started, 3)
         if logs and not math.isfinite(float(logs["loss"])):
-            self.state.nonfinite_at = (self.epoch, batch)
-        if self.state.stopped:
+            record.nonfinite_at = (self.epoch, batch)
+        if record.stopped:
             self.model.stop_training = True
 
 
@@ -76,15 +189,12 @@ class EpochSeededRandomness(keras.callbacks.Callback):
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """After each complete epoch: times it, saves the checkpoint, writes `metrics.json`."""
+    """After each complete epoch: times it, commits the checkpoint, then reports it."""
 
-    def __init__(self, run: runs.RunDir, state: RunState, report, images: int, write_metrics):
+    def __init__(self, record: RunRecord):
         super().__init__()
-        self.run = run
-        self.state = state
-        self.report = report
-        self.images = images
-        self.write_metrics = write_metrics
+        self.record = record
+        self.images = len(record.session.arrays.x_train)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
@@ -95,28 +205,29 @@ class EpochRecorder(keras.callbacks.Callback):
             self.train_seconds = time.perf_counter() - self.start
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.state.stopped:
+        record = self.record
+        if record.stopped:
             return
         seconds = self.train_seconds or (time.perf_counter() - self.start)
-        record = {name: float(value) for name, value in (logs or {}).items()}
-        record.update(
+        entry = {name: float(value) for name, value in (logs or {}).items()}
+        entry.update(
             epoch=epoch + 1,
             seconds=round(seconds, 3),
             images_per_second=round(self.images / seconds, 1),
         )
-        self.state.epochs.append(record)
-        self.report(epoch, record, seconds, self.images)
-        self._checkpoint(epoch + 1)
-        self.write_metrics(status="running")
-
-    def _checkpoint(self, completed: int) -> None:
-        folder = self.run.checkpoint_model.parent
-        folder.mkdir(exist_ok=True)
-        temporary = folder / ("partial-" + runs.CHECKPOINT_MODEL)
-        self.model.save(temporary)
-        os.replace(temporary, self.run.checkpoint_model)
-        runs.write_json(
-            self.run.checkpoint_state, {"epoch": completed, "epochs": self.state.epochs}
+        record.epochs.append(entry)
+        session = record.session
+        session.checkpoint = session.run.save_checkpoint(
+            self.model.save,
+            {
+                "epoch": epoch + 1,
+                "epochs": record.epochs,
+                "data_fingerprint": fingerprint(session.arrays),
+            },
+        )
+        record.write(status="running")
+        session.console.line(
+            epoch_line(epoch + 1, session.config.n_epochs, entry, seconds, self.images)
         )
 
 
@@ -143,20 +254,17 @@ def make_strategy(kind: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def configure(config: Config) -> dict:
-    """Seeds, determinism, dtype policy and XLA; returns what was chosen."""
+def configure(config: Config) -> Settings:
+    """Seeds, determinism and dtype policy; returns what was chosen."""
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
     precision = config.precision
     if precision == "auto":
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
         precision = "mixed_float16" if on_gpu else "float32"
     keras.mixed_precision.set_global_policy(precision)
-    # XLA measured slower on CPU, and RandomTranslation (the default augmentation) has
-    # no XLA kernel, so Keras would drop it anyway: auto is off everywhere.
-    jit = config.jit_compile == "on"
-    return {"precision": precision, "jit_compile": jit, "deterministic": bool(config.deterministic)}
+    return Settings(precision, config.jit_compile == "on", bool(config.deterministic))
 
 
 def compile_model(model: keras.Model, config: Config, steps: int, jit: bool) -> None:
@@ -171,160 +279,238 @@ def compile_model(model: keras.Model, config: Config, steps: int, jit: bool) -> 
     )
 
 
-def _install_signal_handlers(state: RunState) -> dict:
-    def handle(signum, frame):
-        name = signal.Signals(signum).name
-        if state.signal_name is not None:
-            print(f"\n{name} again: exiting now", file=sys.stderr, flush=True)
-            os._exit(EXIT_CODES.get(name, 1))
-        state.signal_name = name
-        print(
-            f"\n{name}: stopping after the current step (again to quit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    return {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+def absolute_data_dir(config: Config) -> Config:
+    """`--data_dir` as an absolute path, so the saved run resumes from any folder."""
+    if config.data_dir is None:
+        return config
+    return dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser().resolve()))
 
 
-def run(config: Config, stream=None) -> int:
-    """Trains one run as `config` says; returns the exit status."""
-    stream = stream or sys.stdout
+def prepare(config: Config, resumed: runs.Resumption | None, console: Console) -> Session:
+    """Phase 1: settings, device, strategy and data; a new run folder unless resuming."""
     started = time.perf_counter()
-    if config.resume:
-        run_dir, config, saved = runs.resume(config)
-        start_epoch = saved["epoch"]
-    else:
-        run_dir, saved, start_epoch = None, None, 0
-        config = runs.with_seed(config)
-
-    settings = configure(config)
-    device = device_report()
+    config = runs.with_seed(absolute_data_dir(config))
+    with native_stderr_hidden():  # CUDA probing logs "failed call to cuInit" on CPU machines
+        settings = configure(config)
+        device = device_report()
     strategy = make_strategy(config.distribute)
-    replicas = strategy.num_replicas_in_sync
-    print(
-        f"device: {device}; strategy {config.distribute} with {replicas} replica(s); "
-        f"{settings['precision']}, XLA {'on' if settings['jit_compile'] else 'off'}",
-        file=stream,
-    )
-
     arrays = data.load_mnist(config.data_dir).limited(
         config.max_train_examples, config.max_test_examples
     )
-    global_batch = config.batch_size * replicas
-    steps = data.steps_per_epoch(arrays, global_batch)
-    print(
-        f"data: {arrays.source}: {len(arrays.x_train)} train, {len(arrays.x_test)} test images; "
-        f"batch {global_batch} ({config.batch_size} x {replicas}), {steps} steps per epoch",
-        file=stream,
+    if resumed is not None:
+        saved = resumed.checkpoint.state.get("data_fingerprint")
+        if saved is not None and saved != fingerprint(arrays):
+            raise runs.RunError(
+                f"--resume: {arrays.source} is not the data run {config.run_name!r} was "
+                "trained on (its fingerprint differs); pass --data_dir with the run's data"
+            )
+        run, checkpoint = resumed.run, resumed.checkpoint
+        run.remove_partial_files()
+        run.write_config(config)
+    else:
+        run, config = runs.create(config)
+        checkpoint = None
+    session = Session(
+        config,
+        run,
+        arrays,
+        strategy,
+        settings,
+        device,
+        console,
+        started,
+        checkpoint,
+        resumed is None,
     )
-    if run_dir is None:
-        run_dir, config = runs.create(config)
-    print(f"run: {run_dir.root}", file=stream)
+    console.line(
+        f"device: {device}; strategy {config.distribute} with {session.replicas} replica(s); "
+        f"{settings.precision}"
+    )
+    console.line(
+        f"data: {arrays.source}: {len(arrays.x_train)} train, {len(arrays.x_test)} test images; "
+        f"batch {session.global_batch} ({config.batch_size} x {session.replicas}), "
+        f"{session.steps} steps per epoch"
+    )
+    console.line(f"run: {run.root}")
+    return session
 
-    with strategy.scope():
-        if saved is not None:
-            model = keras.models.load_model(run_dir.checkpoint_model)
-            print(
-                f"resuming after epoch {start_epoch} from {run_dir.checkpoint_model}", file=stream
+
+def build_or_restore(session: Session) -> keras.Model:
+    """Phase 2: a new compiled model, or the last complete epoch's checkpoint."""
+    config = session.config
+    with session.strategy.scope():
+        if session.checkpoint is not None:
+            model = keras.models.load_model(session.checkpoint.model)
+            session.console.line(
+                f"resuming after epoch {session.start_epoch} from {session.checkpoint.folder}"
             )
         else:
             model = build_model(config, seed=config.seed)
-            compile_model(model, config, steps, settings["jit_compile"])
+            compile_model(model, config, session.steps, session.settings.jit_compile)
+    # Keras turns XLA off for layers without an XLA kernel: report what it kept.
+    session.console.line(
+        f"model: {model.count_params():,} parameters; XLA {'on' if model.jit_compile else 'off'}"
+    )
+    return model
 
-    state = RunState(started, epochs=list(saved["epochs"]) if saved else [])
 
-    def write_metrics(status: str, **final) -> None:
-        runs.write_json(
-            run_dir.metrics,
-            {
-                "flags": config.to_dict(),
-                "status": status,
-                "device": device,
-                "strategy": config.distribute,
-                "replicas": replicas,
-                **settings,
-                "data": arrays.source,
-                "epochs": state.epochs,
-                "wall_time_s": round(time.perf_counter() - started, 3),
-                "time_to_first_step_s": state.first_step_s,
-                **final,
-            },
-        )
-
-    progress = ProgressBar(config.n_epochs, steps, quiet=config.quiet, stream=stream)
+def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
+    """Phase 3: the remaining epochs; a signal stops at the next step boundary."""
+    config = session.config
+    arrays = session.arrays
+    progress = ProgressBar(
+        config.n_epochs, session.steps, quiet=config.quiet, console=session.console
+    )
     probe = next(iter(data.test_dataset(arrays, 32)))
     callbacks = [
-        StopOnRequest(state),
+        StopOnRequest(record),
         EpochSeededRandomness(),
         progress,
-        tensorboard_callback(run_dir.root, config.log_verbosity),
-        LayerSummaries(run_dir.root, config.color_coding, config.log_verbosity, probe),
-        EpochRecorder(run_dir, state, progress.report, len(arrays.x_train), write_metrics),
+        tensorboard_callback(session.run.root, config.log_verbosity),
+        LayerSummaries(session.run.root, config.color_coding, config.log_verbosity, probe),
+        EpochRecorder(record),
     ]
-    write_metrics(status="running")
-    handlers = _install_signal_handlers(state)
-    try:
+
+    def stop_after_step(signum, frame):
+        name = signal.Signals(signum).name
+        if record.signal_name is not None:
+            session.console.error(f"{name} again: exiting now")
+            os._exit(EXIT_CODES[name])
+        record.signal_name = name
+        session.console.error(f"{name}: stopping after the current step (again to quit at once)")
+
+    with handled_by(stop_after_step):
         model.fit(
             data.train_dataset(
-                arrays, global_batch, config.seed, range(start_epoch, config.n_epochs)
+                arrays,
+                session.global_batch,
+                config.seed,
+                range(session.start_epoch, config.n_epochs),
             ),
             epochs=config.n_epochs,
-            initial_epoch=start_epoch,
-            steps_per_epoch=steps,
-            validation_data=data.test_dataset(arrays, global_batch),
+            initial_epoch=session.start_epoch,
+            steps_per_epoch=session.steps,
+            validation_data=data.test_dataset(arrays, session.global_batch),
             callbacks=callbacks,
             shuffle=False,
             verbose=0,
         )
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
 
-    done = len(state.epochs)
-    if state.nonfinite_at is not None:
-        epoch, batch = state.nonfinite_at
-        write_metrics(status="nonfinite_loss")
-        print(
-            f"{PROG}: error: the loss became NaN/inf at epoch {epoch + 1}, step {batch + 1}; "
-            f"the learning rate ({config.learning_rate}) is the likely cause: try a smaller "
-            f"--learning_rate. Last good checkpoint: epoch {done} in {run_dir.checkpoint_model.parent}",
-            file=sys.stderr,
-        )
-        return 1
-    if state.signal_name is not None:
-        write_metrics(status="interrupted")
-        print(
-            f"interrupted by {state.signal_name}; {done} complete epoch(s) saved. Resume with:\n"
-            f"  {PROG} --resume --logdir {config.logdir} --run_name {config.run_name}",
-            file=stream,
-        )
-        return EXIT_CODES[state.signal_name]
 
-    test_loss, test_accuracy = model.evaluate(data.test_dataset(arrays, global_batch), verbose=0)
-    model.save(run_dir.model)
-    export_kernel_pngs(model, run_dir.kernel_images, config.color_coding)
-    write_metrics(
-        status="completed", test_loss=float(test_loss), test_accuracy=float(test_accuracy)
+def finish(session: Session, model: keras.Model, record: RunRecord) -> None:
+    """Phase 4: test evaluation, final model and PNGs, then status "completed"."""
+    record.write(status="finishing")
+    test_loss, test_accuracy = model.evaluate(
+        data.test_dataset(session.arrays, session.global_batch), verbose=0
     )
-    print(
+    session.run.save_model(model.save)
+    export_kernel_pngs(model, session.run.kernel_images, session.config.color_coding)
+    validation = [e["val_accuracy"] for e in record.epochs if "val_accuracy" in e]
+    record.write(
+        status="completed",
+        test_loss=float(test_loss),
+        test_accuracy=float(test_accuracy),
+        best_val_accuracy=max(validation, default=None),
+    )
+    session.console.line(
         f"test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f}; "
-        f"wall time {time.perf_counter() - started:.1f} s\n"
-        f"outputs in {run_dir.root}; see them with: tensorboard --logdir {config.logdir}",
-        file=stream,
+        f"wall time {time.perf_counter() - session.started:.1f} s\n"
+        f"outputs in {session.run.root}; see them with: tensorboard --logdir "
+        f"{runs.shlex.quote(session.config.logdir)}"
     )
+
+
+def discard(session: Session) -> bool:
+    """Removes a run folder this process created when no epoch was saved; True if it did."""
+    if session.fresh and session.checkpoint is None:
+        shutil.rmtree(session.run.root, ignore_errors=True)
+        return True
+    return False
+
+
+def stopped(session: Session, record: RunRecord, signal_name: str, phase: str) -> int:
+    """Reports a run stopped by a signal, keeping what is resumable; returns the exit status."""
+    if discard(session):
+        session.console.error(
+            f"{PROG}: interrupted by {signal_name} {phase}, before any epoch was saved; "
+            f"removed {session.run.root}"
+        )
+        return EXIT_CODES[signal_name]
+    record.write(status="interrupted")
+    session.console.error(
+        f"{PROG}: interrupted by {signal_name} {phase}; {session.start_epoch} complete epoch(s) saved"
+    )
+    session.console.line(f"Resume with:\n  {runs.resume_command(session.config)}")
+    return EXIT_CODES[signal_name]
+
+
+def nonfinite(session: Session, record: RunRecord) -> int:
+    epoch, batch = record.nonfinite_at
+    record.write(status="nonfinite_loss")
+    saved = (
+        f"last good checkpoint: epoch {session.start_epoch} in {session.checkpoint.folder}"
+        if session.checkpoint
+        else "no epoch was saved"
+    )
+    session.console.error(
+        f"{PROG}: error: the loss became NaN/inf at epoch {epoch + 1}, step {batch + 1}; "
+        f"the learning rate ({session.config.learning_rate}) is the likely cause: try a smaller "
+        f"--learning_rate ({saved})"
+    )
+    return 1
+
+
+def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int:
+    """Trains one run as `config` says; returns the exit status."""
+    console = Console(stream if stream is not None else sys.stdout)
+    resumed = runs.resume(config, given) if config.resume else None
+    with contextlib.ExitStack() as stack:
+        if resumed is not None:
+            stack.enter_context(resumed.run.lock())
+        session = prepare(resumed.config if resumed else config, resumed, console)
+        if resumed is None:
+            stack.enter_context(session.run.lock())
+        record = RunRecord(
+            session, epochs=list(session.checkpoint.state["epochs"]) if session.checkpoint else []
+        )
+        phase = "while building the model"
+        try:
+            model = build_or_restore(session)
+            record.parameters = parameter_counts(model)
+            if session.start_epoch < session.config.n_epochs:
+                phase = "while training"
+                record.write(status="running")
+                fit(session, model, record)
+            if record.nonfinite_at is not None:
+                return nonfinite(session, record)
+            if record.signal_name is not None:
+                return stopped(session, record, record.signal_name, phase)
+            phase = "while finishing (test evaluation, model, pictures)"
+            finish(session, model, record)
+        except Interrupted as interrupt:
+            return stopped(session, record, interrupt.signal_name, phase)
+        except BaseException:
+            if not discard(session):
+                with contextlib.suppress(Exception):
+                    record.write(status="failed")
+            raise
     return 0
 
 
-def main(config: Config) -> int:
+def main(config: Config, given: frozenset[str] = frozenset()) -> int:
     """`run` with every expected failure turned into one line and exit status 1."""
     try:
-        return run(config)
+        return run(config, given)
     except (runs.RunError, data.DataError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-    except OSError as error:
-        print(
-            f"{PROG}: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "),
-            file=sys.stderr,
+        message = str(error)
+    except (MemoryError, tf.errors.ResourceExhaustedError):
+        message = (
+            "out of memory: the network or batch does not fit; try smaller --n_filters, "
+            "--batch_size or fewer centroids"
         )
+    except OSError as error:
+        message = f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
+    except tf.errors.OpError as error:
+        message = f"TensorFlow: {error.message.splitlines()[0] if error.message else error}"
+    print(f"{PROG}: error: {message}", file=sys.stderr)
     return 1
