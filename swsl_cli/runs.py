@@ -329,7 +329,18 @@ class Resumption:
     checkpoint: Checkpoint
 
 
-def resume(config: Config, given: frozenset[str]) -> Resumption:
+def find_run(config: Config) -> RunDir:
+    """The run `--resume` names (`--run_name`), or the newest with a checkpoint."""
+    logdir = Path(config.logdir).expanduser()
+    if not logdir.is_dir():
+        raise RunError(f"--resume: --logdir {logdir} does not exist")
+    root = logdir / config.run_name if config.run_name else _latest_run(logdir)
+    if not root.is_dir():
+        raise RunError(f"--resume: no run {config.run_name!r} in --logdir {logdir}")
+    return RunDir(root)
+
+
+def resume(run: RunDir, config: Config, given: frozenset[str]) -> Resumption:
     """The run to continue, with its saved settings; nothing is written here.
 
     Every setting comes back from the run's `config.json`. Of the flags
@@ -337,14 +348,9 @@ def resume(config: Config, given: frozenset[str]) -> Resumption:
     from the saved ones: a larger `--n_epochs` extends the run, `--data_dir`
     may point at the same data elsewhere (checked by the caller). Any other
     flag that contradicts the saved run is refused, even at its default value.
+    Call it holding the run's lock, so that no other process changes the run.
     """
-    logdir = Path(config.logdir).expanduser()
-    if not logdir.is_dir():
-        raise RunError(f"--resume: --logdir {logdir} does not exist")
-    root = logdir / config.run_name if config.run_name else _latest_run(logdir)
-    if not root.is_dir():
-        raise RunError(f"--resume: no run {config.run_name!r} in --logdir {logdir}")
-    run = RunDir(root)
+    root = run.root
     saved = run.read_config()
     for name in sorted(given - set(RESUME_OVERRIDES)):
         if getattr(config, name) != getattr(saved, name):

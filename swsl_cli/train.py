@@ -371,15 +371,7 @@ def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
         EpochRecorder(record),
     ]
 
-    def stop_after_step(signum, frame):
-        name = signal.Signals(signum).name
-        if record.signal_name is not None:
-            session.console.error(f"{name} again: exiting now")
-            os._exit(EXIT_CODES[name])
-        record.signal_name = name
-        session.console.error(f"{name}: stopping after the current step (again to quit at once)")
-
-    with handled_by(stop_after_step):
+    with handled_by(stop_after_step(record)):
         model.fit(
             data.train_dataset(
                 arrays,
@@ -395,6 +387,23 @@ def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
             shuffle=False,
             verbose=0,
         )
+
+
+def stop_after_step(record: RunRecord):
+    """The training loop's signal handler: the first signal stops at the next step
+    boundary (the epoch in progress is not saved), a second one exits at once."""
+
+    def handle(signum, frame):
+        name = signal.Signals(signum).name
+        if record.signal_name is not None:
+            record.session.console.error(f"{name} again: exiting now")
+            os._exit(EXIT_CODES[name])
+        record.signal_name = name
+        record.session.console.error(
+            f"{name}: stopping after the current step (again to quit at once)"
+        )
+
+    return handle
 
 
 def finish(session: Session, model: keras.Model, record: RunRecord) -> None:
@@ -463,10 +472,12 @@ def nonfinite(session: Session, record: RunRecord) -> int:
 def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int:
     """Trains one run as `config` says; returns the exit status."""
     console = Console(stream if stream is not None else sys.stdout)
-    resumed = runs.resume(config, given) if config.resume else None
     with contextlib.ExitStack() as stack:
-        if resumed is not None:
-            stack.enter_context(resumed.run.lock())
+        resumed = None
+        if config.resume:
+            run_dir = runs.find_run(config)
+            stack.enter_context(run_dir.lock())
+            resumed = runs.resume(run_dir, config, given)
         session = prepare(resumed.config if resumed else config, resumed, console)
         if resumed is None:
             stack.enter_context(session.run.lock())

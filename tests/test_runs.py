@@ -1,7 +1,10 @@
-"""Run folders: fresh, never overwritten, and resumed only when consistent."""
+"""Run folders: fresh, never overwritten, checkpointed atomically, resumed only when consistent."""
 
 import dataclasses
 import json
+import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -45,38 +48,190 @@ def test_logdir_that_is_a_file_or_below_one(tmp_path):
         runs.create(Config(logdir=str(tmp_path / "file" / "sub")))
 
 
-def _saved_run(tmp_path, epoch=1, **flags):
+def _write_model(text):
+    return lambda path: path.write_text(text)
+
+
+def test_checkpoint_commits_model_and_state_together_and_keeps_only_the_newest(tmp_path):
+    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    assert run.latest_checkpoint() is None
+    run.save_checkpoint(_write_model("one"), {"epoch": 1, "epochs": [{"epoch": 1}]})
+    run.save_checkpoint(_write_model("two"), {"epoch": 2, "epochs": [{"epoch": 1}, {"epoch": 2}]})
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["epoch-2"]
+    latest = run.latest_checkpoint()
+    assert latest.epoch == 2 and latest.model.read_text() == "two"
+    assert len(latest.state["model_sha256"]) == 64
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_partial_folder(tmp_path):
+    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    run.save_checkpoint(_write_model("one"), {"epoch": 1, "epochs": []})
+
+    def disk_full(path):
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(runs.RunError, match=r"cannot write .*epoch-2: No space left on device"):
+        run.save_checkpoint(disk_full, {"epoch": 2, "epochs": []})
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["epoch-1"]
+    assert run.latest_checkpoint().model.read_text() == "one"
+
+
+def test_damaged_checkpoints_are_refused_in_one_line(tmp_path):
+    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    checkpoint = run.save_checkpoint(_write_model("weights"), {"epoch": 1, "epochs": []})
+    checkpoint.model.write_text("weigh")  # truncated
+    with pytest.raises(runs.RunError, match="is missing or damaged"):
+        run.latest_checkpoint()
+    checkpoint.model.unlink()
+    with pytest.raises(runs.RunError, match="is missing or damaged"):
+        run.latest_checkpoint()
+    (checkpoint.folder / "state.json").write_text("{garbage")
+    with pytest.raises(runs.RunError, match="checkpoint state .* is damaged"):
+        run.latest_checkpoint()
+
+
+def test_partial_files_of_a_killed_process_are_removed(tmp_path):
+    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    run.checkpoints.mkdir()
+    (run.checkpoints / "partial-123-epoch-3").mkdir()
+    (run.root / "partial-123-model.keras").write_text("half")
+    run.kernel_images.mkdir()
+    (run.kernel_images / "partial-123-sws1_kcp.png").write_text("half")
+    run.remove_partial_files()
+    assert not list(run.root.rglob("partial-*"))
+    assert run.config.is_file()
+
+
+def test_second_lock_on_a_run_is_refused_naming_the_holder(tmp_path):
+    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from pathlib import Path\n"
+         "from swsl_cli.runs import RunDir\n"
+         f"with RunDir(Path({str(run.root)!r})).lock():\n"
+         "    print('locked', flush=True)\n"
+         "    sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.RunError, match=f"being trained by process {holder.pid} on "):
+            with run.lock():
+                pass
+    finally:
+        holder.communicate("", timeout=60)
+    with run.lock():  # free again once the holder exits
+        assert f"process {__import__('os').getpid()}" in run.lock_file.read_text()
+    assert not run.lock_file.exists()
+
+
+def resume(config, given):
+    return runs.resume(runs.find_run(config), config, given)
+
+
+def _saved_run(tmp_path, epoch=1, status="interrupted", **flags):
     config = Config(logdir=str(tmp_path), run_name="r", seed=9, n_epochs=3, **flags)
     run, _ = runs.create(config)
-    run.checkpoint_model.parent.mkdir()
-    run.checkpoint_model.write_bytes(b"model")
-    runs.write_json(run.checkpoint_state, {"epoch": epoch, "epochs": []})
+    run.save_checkpoint(_write_model("model"), {"epoch": epoch, "epochs": []})
+    run.write_metrics({"status": status, "test_accuracy": 0.5})
     return run
 
 
-def test_resume_takes_saved_experiment_flags(tmp_path):
-    _saved_run(tmp_path, centroid_grid=(3, 3), centroids_trainable=True)
-    run, config, state = runs.resume(Config(logdir=str(tmp_path), resume=True, n_epochs=5))
-    assert run.root.name == "r" and state["epoch"] == 1
+def test_resume_restores_every_saved_setting(tmp_path):
+    _saved_run(
+        tmp_path,
+        centroid_grid=(3, 3),
+        centroids_trainable=True,
+        data_dir="/data/mnist",
+        color_coding=True,
+        log_verbosity=2,
+        batch_size=32,
+    )
+    resumed = resume(Config(logdir=str(tmp_path), resume=True), frozenset({"resume"}))
+    config = resumed.config
+    assert resumed.run.root.name == "r" and resumed.checkpoint.epoch == 1
     assert config.centroid_grid == (3, 3) and config.centroids_trainable and config.seed == 9
-    assert config.n_epochs == 5
+    assert (config.data_dir, config.n_epochs, config.color_coding) == ("/data/mnist", 3, True)
+    assert (config.log_verbosity, config.batch_size, config.resume) == (2, 32, True)
+
+
+def test_resume_takes_a_larger_n_epochs_and_another_data_dir(tmp_path):
+    _saved_run(tmp_path, data_dir="/data/mnist")
+    config = Config(
+        logdir=str(tmp_path), resume=True, n_epochs=5, data_dir="/elsewhere", quiet=True
+    )
+    resumed = resume(config, frozenset({"resume", "n_epochs", "data_dir", "quiet"}))
+    assert (resumed.config.n_epochs, resumed.config.data_dir, resumed.config.quiet) == (
+        5,
+        "/elsewhere",
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        # Given at its default value, still a contradiction of the saved 3x3 run.
+        (dict(centroid_grid=(2, 2)), "--centroid_grid 2 2 contradicts the saved run's 3 3"),
+        (dict(seed=1), "--seed 1 contradicts the saved run's 9"),
+        (dict(batch_size=32), "--batch_size 32 contradicts the saved run's 64"),
+        (dict(lr_decay=1.0), "--lr_decay 1.0 contradicts the saved run's 0.75"),
+        (dict(precision="float32"), "--precision float32 contradicts the saved run's auto"),
+        (dict(color_coding=True), "--color_coding True contradicts the saved run's False"),
+        (dict(n_epochs=2), "--n_epochs 2 is fewer than the saved run's 3"),
+    ],
+)
+def test_resume_refuses_contradictions_and_writes_nothing(tmp_path, flags, message):
+    run = _saved_run(tmp_path, centroid_grid=(3, 3))
+    before = {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
+    base = Config(logdir=str(tmp_path), run_name="r", resume=True)
+    with pytest.raises(runs.RunError, match=message):
+        resume(dataclasses.replace(base, **flags), frozenset({"resume", "run_name", *flags}))
+    assert {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file()} == before
 
 
 def test_resume_refusals(tmp_path):
+    given = frozenset({"resume", "run_name"})
     with pytest.raises(runs.RunError, match="does not exist"):
-        runs.resume(Config(logdir=str(tmp_path / "none"), resume=True))
+        resume(Config(logdir=str(tmp_path / "none"), resume=True), frozenset({"resume"}))
     with pytest.raises(runs.RunError, match="no run with a checkpoint"):
-        runs.resume(Config(logdir=str(tmp_path), resume=True))
+        resume(Config(logdir=str(tmp_path), resume=True), frozenset({"resume"}))
     runs.create(Config(logdir=str(tmp_path), run_name="fresh"))
     with pytest.raises(runs.RunError, match="no complete epoch"):
-        runs.resume(Config(logdir=str(tmp_path), run_name="fresh", resume=True))
+        resume(Config(logdir=str(tmp_path), run_name="fresh", resume=True), given)
     with pytest.raises(runs.RunError, match="no run 'other'"):
-        runs.resume(Config(logdir=str(tmp_path), run_name="other", resume=True))
-    _saved_run(tmp_path, centroid_grid=(3, 3))
-    base = Config(logdir=str(tmp_path), run_name="r", resume=True, n_epochs=3)
-    with pytest.raises(runs.RunError, match="--centroid_grid \\(4, 4\\) contradicts"):
-        runs.resume(dataclasses.replace(base, centroid_grid=(4, 4)))
-    with pytest.raises(runs.RunError, match="--seed 1 contradicts"):
-        runs.resume(dataclasses.replace(base, seed=1))
-    with pytest.raises(runs.RunError, match="already completed 1 epochs"):
-        runs.resume(dataclasses.replace(base, n_epochs=1))
+        resume(Config(logdir=str(tmp_path), run_name="other", resume=True), given)
+    (tmp_path / "fresh" / "config.json").write_text("not json")
+    with pytest.raises(runs.RunError, match="settings file .* is damaged"):
+        resume(Config(logdir=str(tmp_path), run_name="fresh", resume=True), given)
+    (tmp_path / "fresh" / "config.json").write_text('{"n_epochs": 3, "colour": 1}')
+    with pytest.raises(runs.RunError, match="unknown settings colour"):
+        resume(Config(logdir=str(tmp_path), run_name="fresh", resume=True), given)
+
+
+def test_a_completed_run_resumes_only_to_train_more_epochs(tmp_path):
+    _saved_run(tmp_path, epoch=3, status="completed")
+    base = Config(logdir=str(tmp_path), run_name="r", resume=True)
+    with pytest.raises(runs.RunError, match=r"is complete \(3 epochs, test accuracy 0.5000\)"):
+        resume(base, frozenset({"resume", "run_name"}))
+    resumed = resume(
+        dataclasses.replace(base, n_epochs=4), frozenset({"resume", "run_name", "n_epochs"})
+    )
+    assert resumed.config.n_epochs == 4 and resumed.checkpoint.epoch == 3
+
+
+def test_an_unfinished_last_phase_resumes(tmp_path):
+    _saved_run(tmp_path, epoch=3, status="finishing")
+    resumed = resume(
+        Config(logdir=str(tmp_path), run_name="r", resume=True), frozenset({"resume", "run_name"})
+    )
+    assert resumed.checkpoint.epoch == resumed.config.n_epochs == 3
+
+
+def test_resume_command_is_shell_quoted(tmp_path):
+    logdir = tmp_path / "my runs; $(rm -rf x)"
+    command = runs.resume_command(Config(logdir=str(logdir), run_name="it's"))
+    assert shlex.split(command) == [
+        "swsl-train", "--resume", "--logdir", str(logdir.resolve()), "--run_name", "it's",
+    ]  # fmt: skip

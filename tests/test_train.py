@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -124,12 +125,40 @@ def test_kernel_pngs_and_reloadable_model(full_run, mnist_dir):
     kcp = tf.io.decode_png((run_dir / "kernel_images" / "sws1_kcp.png").read_bytes()).numpy()
     assert kcp.shape == (4 * 8, 24 * 8, 1)  # 4 KCPs x 1 input channel x (7+1) px, 24 filters
     model = keras.models.load_model(run_dir / "model.keras")
-    images = data.load_mnist(str(mnist_dir)).x_test[:8, ..., None] / 255.0
-    checkpoint = keras.models.load_model(run_dir / "checkpoint" / "model.keras")
+    raw = data.load_mnist(str(mnist_dir)).x_test[:128, ..., None]  # uint8 pixels, as stored
+    checkpoint = keras.models.load_model(run_dir / "checkpoints" / "epoch-2" / "model.keras")
+    predictions = model.predict(raw, verbose=0)
+    np.testing.assert_allclose(predictions, checkpoint.predict(raw, verbose=0), rtol=1e-6)
     np.testing.assert_allclose(
-        model.predict(images, verbose=0), checkpoint.predict(images, verbose=0), rtol=1e-6
+        predictions, model.predict(raw.astype("float32"), verbose=0), rtol=1e-6
     )
-    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["epoch"] == 2
+    # The saved model scales raw pixels itself: its accuracy on them is the run's test accuracy.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    labels = data.load_mnist(str(mnist_dir)).y_test[:128]
+    assert np.mean(predictions.argmax(-1) == labels) == pytest.approx(metrics["test_accuracy"])
+    state = json.loads((run_dir / "checkpoints" / "epoch-2" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["data_fingerprint"] == metrics["data_fingerprint"]
+
+
+def test_readme_reload_snippet_runs_as_written(full_run, mnist_dir):
+    _, run_dir, _ = full_run
+    script = textwrap.dedent(f"""
+        import gzip
+        import numpy as np
+        import keras
+        import swsl_cli  # registers the package's layers with Keras
+
+        model = keras.models.load_model({str(run_dir / "model.keras")!r})
+        with gzip.open({str(mnist_dir / "t10k-images-idx3-ubyte.gz")!r}) as f:
+            images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
+        print(model.predict(images[:5], verbose=0).argmax(-1))
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().startswith("[") and len(result.stdout.split()) == 5
 
 
 def test_same_seed_same_metrics_and_resume_matches_uninterrupted(tmp_path, mnist_dir):
@@ -137,7 +166,8 @@ def test_same_seed_same_metrics_and_resume_matches_uninterrupted(tmp_path, mnist
     assert train.run(dataclasses.replace(base, run_name="a")) == 0
     assert train.run(dataclasses.replace(base, run_name="b")) == 0
     assert train.run(dataclasses.replace(base, run_name="c", n_epochs=1)) == 0
-    assert train.run(dataclasses.replace(base, run_name="c", resume=True, seed=None)) == 0
+    resumed = dataclasses.replace(base, run_name="c", resume=True, seed=None)
+    assert train.run(resumed, frozenset({"resume", "run_name", "n_epochs"})) == 0
     a, b, c = (metrics_of(tmp_path, name) for name in "abc")
     assert a["epochs"] == [
         dict(e, seconds=x["seconds"], images_per_second=x["images_per_second"])
@@ -152,7 +182,7 @@ def test_nonfinite_loss_stops_with_exit_1(tmp_path, mnist_dir, capsys):
     config = config_for(tmp_path, mnist_dir, n_epochs=2, seed=1, learning_rate=1e30, run_name="nan")
     assert train.main(config) == 1
     err = capsys.readouterr().err
-    assert "NaN/inf" in err and "--learning_rate" in err
+    assert "NaN/inf" in err and "--learning_rate" in err and "(no epoch was saved)" in err
     assert metrics_of(tmp_path, "nan")["status"] == "nonfinite_loss"
 
 
@@ -184,9 +214,21 @@ def _cli(args, env=None, **kwargs):
     )
 
 
+def _installed_command_env():
+    """PATH with this interpreter's scripts first, so `swsl-train` is the installed command."""
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_cleanly_and_resume_finishes(tmp_path, mnist_dir, sig, code):
-    args = small_run_args(tmp_path, mnist_dir, "s", 3000, "--n_epochs", "3", "--seed", "2")
+def test_signal_stops_cleanly_and_the_printed_resume_command_finishes(
+    tmp_path, mnist_dir, sig, code
+):
+    logdir = tmp_path / "my runs"  # a space: the printed command must be quoted
+    args = [
+        "--data_dir", str(mnist_dir), "--logdir", str(logdir), "--run_name", "s",
+        "--max_train_examples", "3000", "--max_test_examples", "64", "--quiet",
+        "--n_epochs", "3", "--seed", "2", "--color_coding", "--log_verbosity", "1",
+    ]  # fmt: skip
     process = _cli(args)
     for line in process.stdout:
         if line.startswith("epoch 1/3"):
@@ -194,19 +236,109 @@ def test_signal_stops_cleanly_and_resume_finishes(tmp_path, mnist_dir, sig, code
             break
     out, err = process.communicate(timeout=300)
     assert process.returncode == code, err
-    assert "Resume with:" in out and "--resume" in out
     assert "Traceback" not in err
-    metrics = metrics_of(tmp_path, "s")
+    assert err.strip().splitlines()[-1].startswith(f"swsl-train: interrupted by {sig.name}")
+    metrics = json.loads((logdir / "s" / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and len(metrics["epochs"]) == 1
-    assert (
-        json.loads((tmp_path / "tb" / "s" / "checkpoint" / "state.json").read_text())["epoch"] == 1
-    )
-    if sig == signal.SIGINT:
-        resumed = _cli(args + ["--resume", "--n_epochs", "2", "--max_train_examples", "3000"])
-        out, err = resumed.communicate(timeout=300)
-        assert resumed.returncode == 0, err
-        assert "resuming after epoch 1" in out
-        assert [e["epoch"] for e in metrics_of(tmp_path, "s")["epochs"]] == [1, 2]
+    assert [p.name for p in (logdir / "s" / "checkpoints").iterdir()] == ["epoch-1"]
+    command = out.split("Resume with:\n", 1)[1].strip()
+    # Pasted as is into a shell, from another folder: every setting comes back.
+    resumed = subprocess.run(
+        command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=_installed_command_env(),
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after epoch 1" in resumed.stdout
+    assert resumed.stdout.count("epoch 2/3") == 1 and "epoch 3/3" in resumed.stdout
+    final = json.loads((logdir / "s" / "metrics.json").read_text())
+    assert final["status"] == "completed" and [e["epoch"] for e in final["epochs"]] == [1, 2, 3]
+    assert final["flags"]["color_coding"] is True and final["flags"]["log_verbosity"] == 1
+    assert (logdir / "s" / "kernel_images" / "sws1_weighted_color.png").is_file()
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path, mnist_dir):
+    args = small_run_args(tmp_path, mnist_dir, "busy", 3000, "--n_epochs", "100", "--seed", "2")
+    first = _cli(args)
+    try:
+        for line in first.stdout:
+            if line.startswith("epoch 1/100"):
+                break
+        second = _cli(["--resume", "--logdir", str(tmp_path / "tb"), "--run_name", "busy"])
+        out, err = second.communicate(timeout=300)
+        assert second.returncode == 1
+        assert err.strip() == (
+            f"swsl-train: error: run {tmp_path / 'tb' / 'busy'} is being trained by process "
+            f"{first.pid} on {os.uname().nodename}; wait for it to end or stop it"
+        )
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=300)
+    assert first.returncode == 130
+
+
+def test_a_signal_while_tensorflow_loads_is_one_line_and_leaves_no_run(tmp_path, mnist_dir):
+    process = _cli(small_run_args(tmp_path, mnist_dir, "early", 64))
+    # Wait (bounded) until the process maps TensorFlow's library: it is importing it.
+    maps = f"/proc/{process.pid}/maps"
+    for _ in range(200000):
+        if process.poll() is not None or "tensorflow" in open(maps).read():
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    assert err.strip() == "swsl-train: interrupted by SIGINT while starting"
+    assert not (tmp_path / "tb" / "early").exists()
+
+
+def test_interrupted_while_finishing_then_resume_finishes(tmp_path, mnist_dir, monkeypatch, capsys):
+    from swsl_cli.interrupts import Interrupted
+
+    config = config_for(tmp_path, mnist_dir, n_epochs=1, seed=3, run_name="fin")
+    real_export = train.export_kernel_pngs
+
+    def interrupted_export(*args):
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(train, "export_kernel_pngs", interrupted_export)
+    assert train.main(config) == 143
+    run_dir = tmp_path / "tb" / "fin"
+    assert metrics_of(tmp_path, "fin")["status"] == "interrupted"
+    assert "while finishing" in capsys.readouterr().err
+    assert not list(run_dir.rglob("partial-*"))
+    monkeypatch.setattr(train, "export_kernel_pngs", real_export)
+    resumed = dataclasses.replace(config, resume=True)
+    assert train.main(resumed, frozenset({"resume", "run_name"})) == 0
+    metrics = metrics_of(tmp_path, "fin")
+    assert metrics["status"] == "completed" and "test_accuracy" in metrics
+    assert len(metrics["epochs"]) == 1 and (run_dir / "model.keras").is_file()
+    assert (run_dir / "kernel_images" / "sws2_kcp.png").is_file()
+    # Completed now: a further --resume is refused in one line.
+    assert train.main(resumed, frozenset({"resume", "run_name"})) == 1
+    assert "is complete (1 epochs" in capsys.readouterr().err
+
+
+def test_output_to_a_pipe_that_closes_stops_printing_not_training(tmp_path, mnist_dir):
+    args = small_run_args(tmp_path, mnist_dir, "piped", 256, "--n_epochs", "3", "--seed", "1")
+    process = subprocess.Popen(
+        f"{shlex.join([sys.executable, '-m', 'swsl_cli', *args])} | head -2",
+        shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    out, err = process.communicate(timeout=300)
+    assert len(out.splitlines()) == 2 and err == ""
+    metrics = metrics_of(tmp_path, "piped")
+    assert metrics["status"] == "completed" and len(metrics["epochs"]) == 3
+
+
+def test_closed_stdout_still_trains_and_a_normal_run_prints_no_noise(tmp_path, mnist_dir):
+    args = small_run_args(tmp_path, mnist_dir, "closed", 128, "--n_epochs", "1", "--seed", "1")
+    result = subprocess.run(
+        f"{shlex.join([sys.executable, '-m', 'swsl_cli', *args])} >&-",
+        shell=True, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == ""
+    assert metrics_of(tmp_path, "closed")["status"] == "completed"
 
 
 def test_mirrored_on_two_logical_cpus_matches_single_device(tmp_path, mnist_dir):
@@ -259,26 +391,29 @@ def test_mirrored_from_the_cli_on_one_cpu(tmp_path, mnist_dir):
     assert metrics_of(tmp_path, "m")["replicas"] == 1
 
 
-def test_disk_error_while_writing_is_one_line_exit_1_and_spares_earlier_runs(
+def test_disk_full_while_checkpointing_is_one_line_and_spares_earlier_runs(
     tmp_path, mnist_dir, capsys, monkeypatch
 ):
-    from swsl_cli import runs
-
     earlier = config_for(tmp_path, mnist_dir, n_epochs=1, seed=1, run_name="earlier")
     assert train.run(earlier) == 0
-    before = {p.name: p.read_bytes() for p in (tmp_path / "tb" / "earlier").glob("*.json")}
-    real_write = runs.write_json
+    before = {p: p.read_bytes() for p in (tmp_path / "tb" / "earlier").rglob("*") if p.is_file()}
+    real_save = keras.Model.save
 
-    def failing_write(path, data):
-        if path.name == "state.json":
-            raise OSError(28, "No space left on device", str(path))
-        real_write(path, data)
+    def disk_full(model, path, *args, **kwargs):
+        real_save(model, path, *args, **kwargs)
+        raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(runs, "write_json", failing_write)
+    monkeypatch.setattr(keras.Model, "save", disk_full)
     assert train.main(dataclasses.replace(earlier, run_name="later")) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("swsl-train: error: No space left on device: ") and "\n" not in err
-    after = {p.name: p.read_bytes() for p in (tmp_path / "tb" / "earlier").glob("*.json")}
+    later = tmp_path / "tb" / "later"
+    assert err == (
+        f"swsl-train: error: cannot write {later / 'checkpoints' / 'epoch-1'}: "
+        "No space left on device"
+    )
+    # Nothing was saved, so the new run's folder is gone; the earlier run is untouched.
+    assert not later.exists()
+    after = {p: p.read_bytes() for p in (tmp_path / "tb" / "earlier").rglob("*") if p.is_file()}
     assert after == before
 
 
@@ -314,15 +449,15 @@ def test_multi_worker_from_tf_config_on_one_local_worker(tmp_path, mnist_dir):
 
 
 def test_second_signal_exits_at_once(monkeypatch):
-    state = train.RunState(started=0.0)
+    from swsl_cli.interrupts import handled_by
+    from swsl_cli.progress import Console
+
+    session = type("Session", (), {"console": Console(None)})()
+    record = train.RunRecord(session)
     exits = []
     monkeypatch.setattr(train.os, "_exit", exits.append)
-    previous = train._install_signal_handlers(state)
-    try:
+    with handled_by(train.stop_after_step(record)):
         signal.raise_signal(signal.SIGINT)
-        assert state.signal_name == "SIGINT" and exits == []
+        assert record.signal_name == "SIGINT" and exits == []
         signal.raise_signal(signal.SIGINT)
         assert exits == [130]
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
