@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -508,20 +509,34 @@ def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int
     return 0
 
 
+OUT_OF_MEMORY = (
+    "out of memory: the network or batch does not fit; try smaller --n_filters, "
+    "--batch_size or fewer centroids"
+)
+
+
+def describe_op_error(error: tf.errors.OpError) -> str:
+    """One line for a TensorFlow runtime error; a full disk names the file it could not write."""
+    text = error.message or str(error)
+    disk_full = re.search(r"(\S+); No space left on device", text)
+    if disk_full:
+        return f"cannot write {disk_full.group(1)}: No space left on device"
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return OUT_OF_MEMORY
+    return "TensorFlow: " + re.sub(r"\{\{[^}]*\}\}\s*", "", text).splitlines()[0]
+
+
 def main(config: Config, given: frozenset[str] = frozenset()) -> int:
     """`run` with every expected failure turned into one line and exit status 1."""
     try:
         return run(config, given)
     except (runs.RunError, data.DataError) as error:
         message = str(error)
-    except (MemoryError, tf.errors.ResourceExhaustedError):
-        message = (
-            "out of memory: the network or batch does not fit; try smaller --n_filters, "
-            "--batch_size or fewer centroids"
-        )
+    except MemoryError:
+        message = OUT_OF_MEMORY
     except OSError as error:
         message = f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
     except tf.errors.OpError as error:
-        message = f"TensorFlow: {error.message.splitlines()[0] if error.message else error}"
+        message = describe_op_error(error)
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 1

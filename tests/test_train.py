@@ -461,3 +461,34 @@ def test_second_signal_exits_at_once(monkeypatch):
         assert record.signal_name == "SIGINT" and exits == []
         signal.raise_signal(signal.SIGINT)
         assert exits == [130]
+
+
+def test_disk_full_in_a_tensorboard_write_and_out_of_memory_are_one_line(
+    tmp_path, mnist_dir, capsys, monkeypatch
+):
+    from swsl_cli import summaries
+
+    events_file = tmp_path / "tb" / "full" / "layers" / "events.out.tfevents.1.vm.2.v2"
+    message = (
+        "{{function_node __wrapped__WriteSummary_device_/job:localhost/replica:0/task:0/device:CPU:0}} "
+        f"{events_file}; No space left on device\n\tFailed to flush 11 events to {events_file}"
+    )
+
+    def full_disk(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, message)
+
+    monkeypatch.setattr(summaries.LayerSummaries, "on_epoch_end", full_disk)
+    config = config_for(tmp_path, mnist_dir, n_epochs=1, seed=1, run_name="full")
+    assert train.main(config) == 1
+    assert capsys.readouterr().err == (
+        f"swsl-train: error: cannot write {events_file}: No space left on device\n"
+    )
+
+    def no_memory(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(train, "build_model", no_memory)
+    assert train.main(dataclasses.replace(config, run_name="huge")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("swsl-train: error: out of memory:") and err.count("\n") == 1
+    assert not (tmp_path / "tb" / "huge").exists()
