@@ -268,8 +268,6 @@ def with_seed(config: Config) -> Config:
     A given seed asks for a repeatable run (deterministic ops); without one a
     fresh seed is drawn and recorded, and ops may pick their fastest kernels.
     """
-    if config.seed is not None and config.deterministic is not None:
-        return config
     given = config.seed is not None
     seed = config.seed if given else secrets.randbelow(2**31)
     deterministic = given if config.deterministic is None else config.deterministic
@@ -277,10 +275,11 @@ def with_seed(config: Config) -> Config:
 
 
 def create(config: Config, now: float | None = None) -> tuple[RunDir, Config]:
-    """A new, empty run folder; an existing one is never reused without `--resume`."""
+    """A new run folder holding `config` (seeded by `with_seed`); never an existing one."""
+    if config.seed is None or config.deterministic is None:
+        raise ValueError("create() takes a config with a seed: pass it through with_seed()")
     logdir = Path(config.logdir).expanduser()
     _usable_logdir(logdir)
-    config = with_seed(config)
     if config.run_name:
         names = [config.run_name]
     else:

@@ -14,8 +14,8 @@ from swsl_cli.config import Config
 
 def test_new_runs_never_reuse_a_folder(tmp_path):
     config = Config(logdir=str(tmp_path / "tb"), seed=4)
-    first, first_config = runs.create(config, now=0)
-    second, _ = runs.create(config, now=0)  # same flags, same second
+    first, first_config = runs.create(runs.with_seed(config), now=0)
+    second, _ = runs.create(runs.with_seed(config), now=0)  # same flags, same second
     assert first.root != second.root and second.root.name == first.root.name + "-2"
     assert first.root.name.startswith("sws-g2x2_f24-48_e10_")
     assert json.loads(first.config.read_text())["seed"] == 4
@@ -23,29 +23,29 @@ def test_new_runs_never_reuse_a_folder(tmp_path):
 
 
 def test_seed_is_drawn_and_recorded_when_missing(tmp_path):
-    run, config = runs.create(Config(logdir=str(tmp_path)))
+    run, config = runs.create(runs.with_seed(Config(logdir=str(tmp_path))))
     assert isinstance(config.seed, int) and config.deterministic is False
     saved = json.loads(run.config.read_text())
     assert saved["seed"] == config.seed and saved["deterministic"] is False
-    _, seeded = runs.create(Config(logdir=str(tmp_path), seed=5))
+    _, seeded = runs.create(runs.with_seed(Config(logdir=str(tmp_path), seed=5)))
     assert seeded.deterministic is True
 
 
 def test_named_run_that_exists_is_refused_and_untouched(tmp_path):
     config = Config(logdir=str(tmp_path), run_name="mine")
-    run, _ = runs.create(config)
+    run, _ = runs.create(runs.with_seed(config))
     (run.root / "precious.txt").write_text("keep")
     with pytest.raises(runs.RunError, match="already exists; pass --resume"):
-        runs.create(config)
+        runs.create(runs.with_seed(config))
     assert (run.root / "precious.txt").read_text() == "keep"
 
 
 def test_logdir_that_is_a_file_or_below_one(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(runs.RunError, match="is a file"):
-        runs.create(Config(logdir=str(tmp_path / "file")))
+        runs.create(runs.with_seed(Config(logdir=str(tmp_path / "file"))))
     with pytest.raises(runs.RunError, match="cannot create --logdir"):
-        runs.create(Config(logdir=str(tmp_path / "file" / "sub")))
+        runs.create(runs.with_seed(Config(logdir=str(tmp_path / "file" / "sub"))))
 
 
 def _write_model(text):
@@ -53,7 +53,7 @@ def _write_model(text):
 
 
 def test_checkpoint_commits_model_and_state_together_and_keeps_only_the_newest(tmp_path):
-    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    run, _ = runs.create(runs.with_seed(Config(logdir=str(tmp_path), run_name="r", seed=1)))
     assert run.latest_checkpoint() is None
     run.save_checkpoint(_write_model("one"), {"epoch": 1, "epochs": [{"epoch": 1}]})
     run.save_checkpoint(_write_model("two"), {"epoch": 2, "epochs": [{"epoch": 1}, {"epoch": 2}]})
@@ -64,7 +64,7 @@ def test_checkpoint_commits_model_and_state_together_and_keeps_only_the_newest(t
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_partial_folder(tmp_path):
-    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    run, _ = runs.create(runs.with_seed(Config(logdir=str(tmp_path), run_name="r", seed=1)))
     run.save_checkpoint(_write_model("one"), {"epoch": 1, "epochs": []})
 
     def disk_full(path):
@@ -78,7 +78,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_partial_folder
 
 
 def test_damaged_checkpoints_are_refused_in_one_line(tmp_path):
-    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    run, _ = runs.create(runs.with_seed(Config(logdir=str(tmp_path), run_name="r", seed=1)))
     checkpoint = run.save_checkpoint(_write_model("weights"), {"epoch": 1, "epochs": []})
     checkpoint.model.write_text("weigh")  # truncated
     with pytest.raises(runs.RunError, match="is missing or damaged"):
@@ -92,7 +92,7 @@ def test_damaged_checkpoints_are_refused_in_one_line(tmp_path):
 
 
 def test_partial_files_of_a_killed_process_are_removed(tmp_path):
-    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    run, _ = runs.create(runs.with_seed(Config(logdir=str(tmp_path), run_name="r", seed=1)))
     run.checkpoints.mkdir()
     (run.checkpoints / "partial-123-epoch-3").mkdir()
     (run.root / "partial-123-model.keras").write_text("half")
@@ -104,7 +104,7 @@ def test_partial_files_of_a_killed_process_are_removed(tmp_path):
 
 
 def test_second_lock_on_a_run_is_refused_naming_the_holder(tmp_path):
-    run, _ = runs.create(Config(logdir=str(tmp_path), run_name="r", seed=1))
+    run, _ = runs.create(runs.with_seed(Config(logdir=str(tmp_path), run_name="r", seed=1)))
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
          "from pathlib import Path\n"
@@ -132,7 +132,7 @@ def resume(config, given):
 
 def _saved_run(tmp_path, epoch=1, status="interrupted", **flags):
     config = Config(logdir=str(tmp_path), run_name="r", seed=9, n_epochs=3, **flags)
-    run, _ = runs.create(config)
+    run, _ = runs.create(runs.with_seed(config))
     run.save_checkpoint(_write_model("model"), {"epoch": epoch, "epochs": []})
     run.write_metrics({"status": status, "test_accuracy": 0.5})
     return run
@@ -197,7 +197,7 @@ def test_resume_refusals(tmp_path):
         resume(Config(logdir=str(tmp_path / "none"), resume=True), frozenset({"resume"}))
     with pytest.raises(runs.RunError, match="no run with a checkpoint"):
         resume(Config(logdir=str(tmp_path), resume=True), frozenset({"resume"}))
-    runs.create(Config(logdir=str(tmp_path), run_name="fresh"))
+    runs.create(runs.with_seed(Config(logdir=str(tmp_path), run_name="fresh")))
     with pytest.raises(runs.RunError, match="no complete epoch"):
         resume(Config(logdir=str(tmp_path), run_name="fresh", resume=True), given)
     with pytest.raises(runs.RunError, match="no run 'other'"):
