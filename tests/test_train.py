@@ -492,3 +492,22 @@ def test_disk_full_in_a_tensorboard_write_and_out_of_memory_are_one_line(
     err = capsys.readouterr().err
     assert err.startswith("swsl-train: error: out of memory:") and err.count("\n") == 1
     assert not (tmp_path / "tb" / "huge").exists()
+
+
+def test_killed_mid_training_resumes_from_the_last_complete_epoch(tmp_path, mnist_dir):
+    args = small_run_args(tmp_path, mnist_dir, "killed", 3000, "--n_epochs", "3", "--seed", "4")
+    process = _cli(args)
+    for line in process.stdout:
+        if line.startswith("epoch 1/3"):
+            process.kill()  # SIGKILL: no handler runs, nothing is tidied up
+            break
+    process.communicate(timeout=300)
+    assert metrics_of(tmp_path, "killed")["status"] == "running"
+    resumed = _cli(["--resume", "--logdir", str(tmp_path / "tb"), "--run_name", "killed"])
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming after epoch" in out and err == ""
+    metrics = metrics_of(tmp_path, "killed")
+    assert metrics["status"] == "completed"
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    assert [p.name for p in (tmp_path / "tb" / "killed" / "checkpoints").iterdir()] == ["epoch-3"]
