@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
 
 from swsl_cli import visualize
 from swsl_cli.layers import SoftWeightSharingConv2D
@@ -30,6 +31,25 @@ PNG_DIR = "kernel_images"
 PIXELS_PER_WEIGHT = 8
 CENTROID_MAP_SIDE = 224  # pixels, about, of the exported centroid map
 LEGEND_SIDE = 112  # pixels, about, of the TensorBoard legend
+
+# Flags that say where and how a run is shown, not what it is: no HParams column.
+NOT_HPARAMS = ("logdir", "run_name", "resume", "quiet")
+# The HParams tab's metric columns: (group, tag) -> title. Group "" is the run
+# folder itself (written by `write_final_metrics`); `train` and `validation`
+# are Keras's TensorBoard runs, whose last epoch's value is shown, so that
+# runs still training have numbers too.
+FINAL_METRICS = {
+    "test_accuracy": "test accuracy",
+    "test_loss": "test loss",
+    "best_val_accuracy": "best validation accuracy",
+    "parameters": "parameters",
+    "images_per_second": "images/s (mean over epochs)",
+}
+EPOCH_METRICS = {
+    ("validation", "epoch_accuracy"): "validation accuracy (last epoch)",
+    ("validation", "epoch_loss"): "validation loss (last epoch)",
+    ("train", "epoch_loss"): "train loss (last epoch)",
+}
 
 
 @dataclass(frozen=True)
@@ -191,6 +211,81 @@ def export_kernel_pngs(model: keras.Model, folder: Path, color_coding: bool) -> 
             write_png(path, image)
             written.append(path)
     return written
+
+
+def hparam_values(flags: dict) -> dict[str, bool | int | float | str]:
+    """A run's flags as HParams values: pairs as `"24 48"`, unset values as `"none"`.
+
+    The flags of `NOT_HPARAMS` are left out.
+    """
+
+    def value(item):
+        if item is None:
+            return "none"
+        if isinstance(item, (list, tuple)):
+            return " ".join(str(part) for part in item)
+        return item if isinstance(item, (bool, int, float, str)) else str(item)
+
+    return {name: value(item) for name, item in sorted(flags.items()) if name not in NOT_HPARAMS}
+
+
+def write_hparams(run_root: Path, flags: dict) -> None:
+    """Records a run's flags for TensorBoard's HParams tab, in the run folder itself.
+
+    Every run writes the same experiment description (the flag names and the
+    metric columns), so the tab lists all runs of a logdir side by side; the
+    run folder's name is the trial id, so that two runs with equal flags
+    stay two rows. Call it once per start (a resumed run writing it again is
+    harmless: the values are the same).
+    """
+    values = hparam_values(flags)
+    metrics = [hp.Metric(tag, display_name=title) for tag, title in FINAL_METRICS.items()]
+    metrics += [
+        hp.Metric(tag, group=group, display_name=title)
+        for (group, tag), title in EPOCH_METRICS.items()
+    ]
+    writer = tf.summary.create_file_writer(str(run_root))
+    with writer.as_default():
+        hp.hparams_config(hparams=[hp.HParam(name) for name in values], metrics=metrics)
+        hp.hparams(values, trial_id=Path(run_root).name)
+    writer.close()
+
+
+def hparams_metrics(
+    epochs: list[dict], test_loss: float, test_accuracy: float, parameters: int
+) -> dict[str, float | int | None]:
+    """The final metrics of a run from its `metrics.json` epoch records and its test result.
+
+    `best_val_accuracy` is the highest `val_accuracy` of any epoch and
+    `images_per_second` the mean over epochs (None without epochs).
+    """
+    accuracies = [epoch["val_accuracy"] for epoch in epochs if "val_accuracy" in epoch]
+    speeds = [epoch["images_per_second"] for epoch in epochs if "images_per_second" in epoch]
+    return {
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "best_val_accuracy": max(accuracies) if accuracies else None,
+        "parameters": int(parameters),
+        "images_per_second": sum(speeds) / len(speeds) if speeds else None,
+    }
+
+
+def write_final_metrics(run_root: Path, metrics: dict, step: int) -> None:
+    """Writes a run's final metrics (keys of `FINAL_METRICS`) as scalars beside its HParams.
+
+    `step` is the number of epochs trained; None values are skipped.
+    """
+    unknown = sorted(set(metrics) - set(FINAL_METRICS))
+    if unknown:
+        raise ValueError(
+            f"Expected metrics among {sorted(FINAL_METRICS)}. Received unknown {unknown}."
+        )
+    writer = tf.summary.create_file_writer(str(run_root))
+    with writer.as_default(step=step):
+        for tag, value in metrics.items():
+            if value is not None:
+                tf.summary.scalar(tag, float(value))
+    writer.close()
 
 
 class LayerSummaries(keras.callbacks.Callback):
