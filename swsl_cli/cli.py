@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from swsl_cli import __version__
+from swsl_cli.compare import FORMATS
 from swsl_cli.config import DISTRIBUTE, JIT, LAYERS, MAX_COLORS, PRECISIONS, PROG, Config
 
 DEFAULTS = Config()
@@ -211,6 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument(
         "--quiet", action="store_true", help="No progress bars: one plain line per epoch"
     )
+    more.add_argument(
+        "--compare",
+        nargs="?",
+        const="",
+        metavar="LOGDIR",
+        help="Train nothing: print a table of the runs under LOGDIR (default: --logdir) "
+        "from their config.json and metrics.json",
+    )
+    more.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=FORMATS[0],
+        help="Output of --compare: an aligned table, csv or markdown (default: %(default)s)",
+    )
     more.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -261,6 +276,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: returns the exit status."""
     try:
+        args = build_parser().parse_args(argv)
+        if args.compare is not None:
+            from swsl_cli.compare import main as compare_main
+
+            return compare_main(args.compare or args.logdir, args.format)
+        if args.format != FORMATS[0]:
+            raise UsageError("--format applies to --compare only")
         config = parse_args(argv)
     except UsageError as error:
         print(f"{PROG}: error: {error} (see {PROG} --help)", file=sys.stderr)

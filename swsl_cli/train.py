@@ -18,7 +18,14 @@ from swsl_cli import data, runs  # noqa: E402
 from swsl_cli.config import PROG, Config  # noqa: E402
 from swsl_cli.model import build_model  # noqa: E402
 from swsl_cli.progress import ProgressBar  # noqa: E402
-from swsl_cli.summaries import LayerSummaries, export_kernel_pngs, tensorboard_callback  # noqa: E402
+from swsl_cli.summaries import (  # noqa: E402
+    LayerSummaries,
+    export_kernel_pngs,
+    hparams_metrics,
+    tensorboard_callback,
+    write_final_metrics,
+    write_hparams,
+)
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -263,6 +270,7 @@ def run(config: Config, stream=None) -> int:
         EpochRecorder(run_dir, state, progress.report, len(arrays.x_train), write_metrics),
     ]
     write_metrics(status="running")
+    write_hparams(run_dir.root, config.to_dict())
     handlers = _install_signal_handlers(state)
     try:
         model.fit(
@@ -304,6 +312,11 @@ def run(config: Config, stream=None) -> int:
     test_loss, test_accuracy = model.evaluate(data.test_dataset(arrays, global_batch), verbose=0)
     model.save(run_dir.model)
     export_kernel_pngs(model, run_dir.kernel_images, config.color_coding)
+    write_final_metrics(
+        run_dir.root,
+        hparams_metrics(state.epochs, test_loss, test_accuracy, model.count_params()),
+        step=len(state.epochs),
+    )
     write_metrics(
         status="completed", test_loss=float(test_loss), test_accuracy=float(test_accuracy)
     )
