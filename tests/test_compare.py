@@ -3,6 +3,9 @@
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -158,3 +161,64 @@ def test_missing_logdir_a_file_and_an_empty_logdir(tmp_path):
     (tmp_path / "empty").mkdir()
     status, out, err = compare_output(tmp_path / "empty")
     assert (status, out) == (0, "") and err.startswith("swsl-train --compare: no runs in ")
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "swsl_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        **kwargs,
+    )
+
+
+def test_cli_compare_uses_logdir_by_default_and_imports_no_tensorflow(logdir):
+    probe = (
+        "import sys; from swsl_cli.cli import main; "
+        f"status = main(['--compare', '--logdir', {str(logdir)!r}, '--format', 'csv']); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; sys.exit(status)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith("a-sws,mnist,sws,2x2,")
+    named = run_cli("--compare", str(logdir))
+    assert named.returncode == 0 and named.stdout.splitlines()[0].startswith("run ")
+    missing = run_cli("--compare", str(logdir / "nowhere"))
+    assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1
+    assert "Traceback" not in missing.stderr
+
+
+def test_cli_format_without_compare_is_a_usage_error(capsys):
+    from swsl_cli.cli import main
+
+    assert main(["--format", "csv"]) == 2
+    assert capsys.readouterr().err.startswith("swsl-train: error: --format applies to --compare")
+
+
+def test_a_reader_that_left_and_a_closed_stdout_end_quietly(logdir):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head -2` having exited: every write fails with EPIPE
+    left = subprocess.run(
+        [sys.executable, "-m", "swsl_cli", "--compare", str(logdir)],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(write_end)
+    assert left.returncode == 0 and left.stderr.count("\n") == 1  # the damaged-file line
+    closed = subprocess.run(
+        ["bash", "-c", f'exec "$0" -m swsl_cli --compare {logdir} >&-', sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert closed.returncode == 1
+    assert closed.stderr.splitlines()[-1] == (
+        "swsl-train --compare: error: standard output is closed; nowhere to print the table"
+    )
+    assert "Traceback" not in closed.stderr
