@@ -20,7 +20,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from swsl_cli import visualize
 from swsl_cli.layers import SoftWeightSharingConv2D
@@ -34,6 +36,8 @@ LEGEND_SIDE = 112  # pixels, about, of the TensorBoard legend
 
 # Flags that say where and how a run is shown, not what it is: no HParams column.
 NOT_HPARAMS = ("logdir", "run_name", "resume", "quiet")
+# The flags that tell runs apart, shown first in the HParams tab.
+KEY_HPARAMS = ("dataset", "layer", "centroid_grid", "n_centroids", "n_filters")
 # The HParams tab's metric columns: (group, tag) -> title. Group "" is the run
 # folder itself (written by `write_final_metrics`); `train` and `validation`
 # are Keras's TensorBoard runs, whose last epoch's value is shown, so that
@@ -229,24 +233,45 @@ def hparam_values(flags: dict) -> dict[str, bool | int | float | str]:
     return {name: value(item) for name, item in sorted(flags.items()) if name not in NOT_HPARAMS}
 
 
-def write_hparams(run_root: Path, flags: dict) -> None:
-    """Records a run's flags for TensorBoard's HParams tab, in the run folder itself.
+def experiment_summary(values: dict) -> summary_pb2.Summary:
+    """The HParams experiment description: one column per flag, the metric columns.
 
-    Every run writes the same experiment description (the flag names and the
-    metric columns), so the tab lists all runs of a logdir side by side; the
-    run folder's name is the trial id, so that two runs with equal flags
-    stay two rows. Call it once per start (a resumed run writing it again is
-    harmless: the values are the same).
+    Boolean flags get their domain (so the tab can filter on them); other flags
+    are left without one, as their values vary from run to run. TensorBoard
+    shows the first five hparams marked `differs` by default: the flags of
+    `KEY_HPARAMS` are marked so, to be in view when the tab opens.
     """
-    values = hparam_values(flags)
+    hparams = [
+        hp.HParam(name, hp.Discrete([False, True]) if isinstance(value, bool) else None)
+        for name, value in values.items()
+    ]
     metrics = [hp.Metric(tag, display_name=title) for tag, title in FINAL_METRICS.items()]
     metrics += [
         hp.Metric(tag, group=group, display_name=title)
         for (group, tag), title in EPOCH_METRICS.items()
     ]
+    summary = hp.hparams_config_pb(hparams=hparams, metrics=metrics)
+    plugin_data = summary.value[0].metadata.plugin_data
+    content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in KEY_HPARAMS
+    plugin_data.content = content.SerializeToString()
+    return summary
+
+
+def write_hparams(run_root: Path, flags: dict) -> None:
+    """Records a run's flags for TensorBoard's HParams tab, in the run folder itself.
+
+    Every run writes the same experiment description (`experiment_summary`),
+    so the tab lists all runs of a logdir side by side; the run folder's name
+    is the trial id, so that two runs with equal flags stay two rows. Call it
+    once per start (a resumed run writing it again is harmless: the values
+    are the same).
+    """
+    values = hparam_values(flags)
     writer = tf.summary.create_file_writer(str(run_root))
     with writer.as_default():
-        hp.hparams_config(hparams=[hp.HParam(name) for name in values], metrics=metrics)
+        tf.summary.experimental.write_raw_pb(experiment_summary(values).SerializeToString(), step=0)
         hp.hparams(values, trial_id=Path(run_root).name)
     writer.close()
 

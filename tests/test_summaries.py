@@ -179,7 +179,16 @@ def test_hparams_and_final_metrics_read_back_with_tensorboards_parsers(tmp_path)
     experiment = hparams_metadata.parse_experiment_plugin_data(
         content[hparams_metadata.EXPERIMENT_TAG]
     )
-    assert {info.name for info in experiment.hparam_infos} == set(values)
+    infos = {info.name: info for info in experiment.hparam_infos}
+    assert set(infos) == set(values)
+    assert {name for name, info in infos.items() if info.differs} == {
+        "layer",
+        "centroid_grid",
+        "n_centroids",
+        "n_filters",
+    }  # in view when the tab opens
+    assert list(infos["color_coding"].domain_discrete) == [False, True]
+    assert not infos["layer"].HasField("domain_discrete")  # values vary: no fixed domain
     assert [(m.name.group, m.name.tag) for m in experiment.metric_infos] == [
         ("", "test_accuracy"),
         ("", "test_loss"),
