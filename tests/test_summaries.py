@@ -57,6 +57,31 @@ def test_conv_sws_and_locally_connected_layers_get_the_same_picture_of_the_same_
     assert png[0].shape == (2 * 17 * 2, 4 * 17 * 2)  # 2 inputs x 4 filters, 8 px per weight
 
 
+def test_the_real_locally_connected_layer_is_drawn_from_its_own_per_cell_kernels():
+    local_module = pytest.importorskip(
+        "swsl_cli.locally_connected", reason="LocallyConnected2D is not on this branch yet"
+    )
+    kernel = RNG.normal(size=(3, 3, 2, 4)).astype("float32")
+    inputs = keras.Input((12, 12, 2))
+    conv = keras.layers.Conv2D(4, 3, padding="same", name="conv")
+    local = local_module.LocallyConnected2D(4, 3, padding="same", name="local")
+    model = keras.Model(inputs, [conv(inputs), local(inputs)])
+    conv.kernel.assign(kernel)
+    local.kernel.assign(np.broadcast_to(kernel, (12, 12, *kernel.shape)))
+    conv_view, local_view = summaries.layer_views(model)
+    np.testing.assert_allclose(
+        summaries.png_pictures(local_view, False)["weighted"],
+        summaries.png_pictures(conv_view, False)["weighted"],
+        atol=1e-5,
+    )
+    cells = np.array(local.kernel)
+    cells[9, 6] = -cells[9, 6]  # one cell's own kernel shows in its own tile only
+    local.kernel.assign(cells)
+    (_, local_view) = summaries.layer_views(model)
+    np.testing.assert_allclose(local_view.cell_kernels[3, 2], -kernel)
+    np.testing.assert_allclose(local_view.cell_kernels[3, 1], kernel)
+
+
 def test_sws_view_mixes_its_kcp_kernels_at_the_sampled_cells():
     inputs = keras.Input((28, 28, 1))
     layer = SoftWeightSharingConv2D(3, 5, centroids=7, per_feature=True, seed=2, name="sws")
