@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from swsl_cli import __version__
+from swsl_cli.compare import FORMATS
 from swsl_cli.config import DISTRIBUTE, JIT, KCP_INITS, LAYERS, PRECISIONS, PROG, Config
 from swsl_cli.interrupts import Interrupted, handled_by, raise_interrupted
 
@@ -233,8 +234,33 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument(
         "--quiet", action="store_true", help="No progress bars: one plain line per epoch"
     )
+    more.add_argument(
+        "--compare",
+        nargs="?",
+        const="",
+        metavar="LOGDIR",
+        help="Train nothing: print a table of the runs under LOGDIR (default: --logdir) "
+        "from their config.json and metrics.json",
+    )
+    more.add_argument(
+        "--format",
+        choices=FORMATS,
+        help=f"Output of --compare: an aligned table, csv or markdown (default: {FORMATS[0]})",
+    )
     more.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+# Flags of `--compare`, which trains nothing: they are not part of a run's config.
+COMPARE_FLAGS = ("compare", "format", "logdir")
+
+
+def given_flags(argv: Sequence[str] | None = None) -> dict:
+    """The flags given on a command line, by name, with their parsed values."""
+    return {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in vars(build_parser().parse_args(argv)).items()
+    }
 
 
 def parse_command(argv: Sequence[str] | None = None) -> tuple[Config, frozenset[str]]:
@@ -242,10 +268,9 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[Config, frozenset[
 
     Raises `UsageError` on anything wrong.
     """
-    given = {
-        name: tuple(value) if isinstance(value, list) else value
-        for name, value in vars(build_parser().parse_args(argv)).items()
-    }
+    given = given_flags(argv)
+    if "format" in given or "compare" in given:
+        raise UsageError("--format and --compare train nothing; give them without training flags")
     config = Config(**given)
     if config.distribute == "multi_worker" and not os.environ.get("TF_CONFIG"):
         raise UsageError(
@@ -253,6 +278,19 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[Config, frozenset[
             "(cluster and task of this worker); see the README"
         )
     return config, frozenset(given)
+
+
+def compare_command(given: dict) -> int:
+    """`--compare [LOGDIR]`: the runs table; refuses training flags beside it."""
+    others = sorted(set(given) - set(COMPARE_FLAGS))
+    if others:
+        raise UsageError(f"--compare takes only --logdir and --format, not --{others[0]}")
+    if "compare" not in given:
+        raise UsageError("--format applies to --compare only")
+    from swsl_cli.compare import main as compare_main
+
+    logdir = given["compare"] or given.get("logdir", DEFAULTS.logdir)
+    return compare_main(logdir, given.get("format", FORMATS[0]))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -263,7 +301,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: returns the exit status."""
     try:
-        config, given = parse_command(argv)
+        given = given_flags(argv)
+        if "compare" in given or "format" in given:
+            return compare_command(given)
+        config, given_names = parse_command(argv)
     except UsageError as error:
         print(f"{PROG}: error: {error} (see {PROG} --help)", file=sys.stderr)
         return 2
@@ -272,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from swsl_cli.train import main as train_main
 
-            return train_main(config, given)
+            return train_main(config, given_names)
         except Interrupted as interrupt:
             print(f"{PROG}: interrupted by {interrupt.signal_name} while starting", file=sys.stderr)
             return interrupt.exit_code

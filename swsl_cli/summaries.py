@@ -1,98 +1,322 @@
-"""TensorBoard summaries and PNG export of the soft weight sharing layers.
+"""TensorBoard summaries, HParams and PNG export of the convolution layers.
 
 Scalars and weight histograms come from `keras.callbacks.TensorBoard` (runs
 `train` and `validation`); the layer pictures, centroids, gradients and
-activations are written here under the run `layers`, one step per epoch.
+activations are written here under the run `layers`, one step per epoch; the
+run's flags and final metrics go to the run folder itself for the HParams tab.
+
+Every kernel layer (`SoftWeightSharingConv2D`, `Conv2D`, and any layer with a
+`local_kernels()` method returning its per-cell kernels `(H', W', kh, kw, C, F)`,
+such as a locally connected layer) gets the same kernel picture, so that runs
+of `--layer sws`, `conv` and `local` can be compared side by side.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from swsl_cli import visualize
-from swsl_cli.model import sws_layers
+from swsl_cli.layers import SoftWeightSharingConv2D
 
 LAYERS_RUN = "layers"
 PNG_DIR = "kernel_images"
+# Exported kernels are enlarged to about 8 pixels per weight (as far as MAX_SIDE allows).
+PIXELS_PER_WEIGHT = 8
+CENTROID_MAP_SIDE = 224  # pixels, about, of the exported centroid map
+LEGEND_SIDE = 112  # pixels, about, of the TensorBoard legend
+
+# Flags that say where and how a run is shown, not what it is: no HParams column.
+NOT_HPARAMS = ("logdir", "run_name", "resume", "quiet")
+# The flags that tell runs apart, shown first in the HParams tab.
+KEY_HPARAMS = ("dataset", "layer", "centroid_grid", "n_centroids", "n_filters")
+# The HParams tab's metric columns: (group, tag) -> title. Group "" is the run
+# folder itself (written by `write_final_metrics`); `train` and `validation`
+# are Keras's TensorBoard runs, whose last epoch's value is shown, so that
+# runs still training have numbers too.
+FINAL_METRICS = {
+    "test_accuracy": "test accuracy",
+    "test_loss": "test loss",
+    "best_val_accuracy": "best validation accuracy",
+    "parameters": "parameters",
+    "images_per_second": "images/s (mean over epochs)",
+}
+EPOCH_METRICS = {
+    ("validation", "epoch_accuracy"): "validation accuracy (last epoch)",
+    ("validation", "epoch_loss"): "validation loss (last epoch)",
+    ("train", "epoch_loss"): "train loss (last epoch)",
+}
 
 
-def layer_arrays(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A SWS layer's KCP kernels, similarity map and centroids, as numpy."""
-    return (
-        layer.kcp_kernels(),
-        keras.ops.convert_to_numpy(layer.similarity_map()),
-        keras.ops.convert_to_numpy(layer.centroid_positions),
+@dataclass(frozen=True)
+class LayerView:
+    """What one kernel layer's pictures are drawn from, as numpy.
+
+    Attributes:
+        name: the layer's name (the PNG prefix and the TensorBoard scope).
+        cell_kernels: `(gy, gx, kh, kw, C, F)` kernels at every `step`-th output cell.
+        rgb: the layer sees the red, green and blue channels of the input images.
+        similarity: SWS only: `(H', W', G, S)` similarity map, every cell.
+        centroids: SWS only: `(G, S, 2)` centroid positions.
+        kcp_kernels: SWS only: `(kh, kw, C, F, S)` KCP kernels.
+        scaling: SWS only: the side of the centroids' coordinate square.
+        step: the cell sampling step of `cell_kernels`.
+    """
+
+    name: str
+    cell_kernels: np.ndarray
+    rgb: bool
+    step: int
+    similarity: np.ndarray | None = None
+    centroids: np.ndarray | None = None
+    kcp_kernels: np.ndarray | None = None
+    scaling: float = 1.0
+
+    @property
+    def sampled_similarity(self) -> np.ndarray | None:
+        if self.similarity is None:
+            return None
+        return visualize.sample_cells(self.similarity, self.step)
+
+
+def is_kernel_layer(layer) -> bool:
+    """Whether `layer` has a kernel per output cell to draw (SWS, Conv2D, locally connected)."""
+    return isinstance(layer, (SoftWeightSharingConv2D, keras.layers.Conv2D)) or hasattr(
+        layer, "local_kernels"
     )
 
 
-def layer_pictures(layer, color_coding: bool) -> dict[str, np.ndarray]:
-    """The pictures of one SWS layer, as float images in [0, 1].
+def layer_view(layer, rgb: bool = False) -> LayerView:
+    """The per-cell kernels (sampled) and, for SWS, the centroids of one kernel layer.
+
+    SWS kernels are mixed only at the sampled cells, and a Conv2D kernel is a
+    broadcast view, so a large output costs no memory.
+    """
+    if isinstance(layer, SoftWeightSharingConv2D):
+        kcp = layer.kcp_kernels()
+        similarity = keras.ops.convert_to_numpy(layer.similarity_map()).astype(np.float32)
+        step = visualize.sample_step(*similarity.shape[:2])
+        return LayerView(
+            name=layer.name,
+            cell_kernels=visualize.weighted_kernels(kcp, similarity[::step, ::step]),
+            rgb=rgb,
+            step=step,
+            similarity=similarity,
+            centroids=keras.ops.convert_to_numpy(layer.centroid_positions),
+            kcp_kernels=kcp,
+            scaling=layer.scaling,
+        )
+    if hasattr(layer, "local_kernels"):
+        kernels = np.asarray(layer.local_kernels())
+        step = visualize.sample_step(*kernels.shape[:2])
+        return LayerView(layer.name, kernels[::step, ::step], rgb, step)
+    rows, cols = layer.output.shape[1:3]
+    step = visualize.sample_step(rows, cols)
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    cells = visualize.shared_kernels(kernel, len(range(0, rows, step)), len(range(0, cols, step)))
+    return LayerView(layer.name, cells, rgb, step)
+
+
+def layer_views(model: keras.Model) -> list[LayerView]:
+    """A `LayerView` of every kernel layer of `model`, in order.
+
+    The first kernel layer of a model on 3-channel images is drawn in colour.
+    """
+    colour_input = model.inputs[0].shape[-1] == 3
+    layers = [layer for layer in model.layers if is_kernel_layer(layer)]
+    return [layer_view(layer, rgb=colour_input and i == 0) for i, layer in enumerate(layers)]
+
+
+def layer_pictures(view: LayerView, color_coding: bool) -> dict[str, np.ndarray]:
+    """The TensorBoard pictures of one kernel layer, as float images in [0, 1].
 
     Returns a dict of tag -> array: `weighted_kernels` `(F, h, w, 1)` (input
-    channel 0, one image per filter), `centroids` `(G, H', W', 3)`, and with
+    channel 0, one image per filter; `(F, h, w, 3)` colour kernels for an RGB
+    input); for SWS layers also `centroids` `(G, H', W', 3)`, and with
     `color_coding` `weighted_kernels_color` `(F, h, w, 3)` and `legend`.
     """
-    kernels, similarity, centroids = layer_arrays(layer)
-    pictures = {"weighted_kernels": visualize.kernel_tiles(kernels, similarity)[0][..., None]}
+    tiles = visualize.kernel_tiles(view.cell_kernels, view.rgb)[0]
+    pictures = {"weighted_kernels": tiles if view.rgb else tiles[..., None]}
+    if view.similarity is None:
+        return pictures
     pictures["centroids"] = np.stack(
         [
-            visualize.centroid_map(similarity, centroids, layer.scaling, group)
-            for group in range(similarity.shape[2])
+            visualize.centroid_map(view.similarity, view.centroids, view.scaling, group)
+            for group in range(view.similarity.shape[2])
         ]
     )
     if color_coding:
-        pictures["weighted_kernels_color"] = visualize.color_coded_tiles(kernels, similarity)[0]
-        pictures["legend"] = visualize.upscale(pictures["centroids"][0], 4)[None]
+        pictures["weighted_kernels_color"] = visualize.color_coded_tiles(
+            view.cell_kernels, view.sampled_similarity
+        )[0]
+        factor = max(1, LEGEND_SIDE // len(view.similarity))
+        pictures["legend"] = visualize.upscale(pictures["centroids"][0], factor)[None]
+    return pictures
+
+
+def png_pictures(view: LayerView, color_coding: bool) -> dict[str, np.ndarray]:
+    """The exported pictures of one kernel layer, each at most `visualize.MAX_SIDE` a side.
+
+    `weighted` (rows: input channels, columns: filters; one colour tile per
+    filter for an RGB input) for every kernel layer; for SWS layers also `kcp`
+    (rows: KCPs x input channels), `centroids`, and with colour coding
+    `weighted_color`.
+    """
+    factor = max(1, PIXELS_PER_WEIGHT // view.cell_kernels.shape[2])
+    tiles = visualize.kernel_tiles(view.cell_kernels, view.rgb)
+    pictures = {"weighted": visualize.bounded_picture(tiles, factor)}
+    if view.similarity is None:
+        return pictures
+    pictures["kcp"] = visualize.bounded_picture(visualize.kcp_tiles(view.kcp_kernels), factor)
+    if color_coding:
+        colored = visualize.color_coded_tiles(view.cell_kernels, view.sampled_similarity)
+        pictures["weighted_color"] = visualize.bounded_picture(colored, factor)
+    # The centroid map has one pixel per output cell: enlarge it to about 224 pixels.
+    centroid_map = visualize.centroid_map(view.similarity, view.centroids, view.scaling)
+    pictures["centroids"] = visualize.upscale(
+        centroid_map, max(1, CENTROID_MAP_SIDE // len(centroid_map))
+    )
     return pictures
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    """Writes a float image in [0, 1] (`(h, w)` or `(h, w, c)`) as 8-bit PNG."""
+    """Writes a float image in [0, 1] (`(h, w)` or `(h, w, c)`) as 8-bit PNG, atomically.
+
+    The bytes go to a temporary name first and are renamed into place, so a
+    crash or a full disk never leaves a truncated PNG under `path`.
+    """
     if image.ndim == 2:
         image = image[..., None]
     pixels = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-    path.write_bytes(tf.io.encode_png(pixels).numpy())
+    encoded = tf.io.encode_png(pixels).numpy()
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        temporary.write_bytes(encoded)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def export_kernel_pngs(model: keras.Model, folder: Path, color_coding: bool) -> list[Path]:
-    """Saves every SWS layer's weighted and per-KCP kernels as PNG files in `folder`.
-
-    Per layer: `<layer>_weighted.png` (rows: input channels, columns: filters),
-    `<layer>_kcp.png` (rows: KCPs x input channels), `<layer>_centroids.png`,
-    and with colour coding `<layer>_weighted_color.png`.
-    """
+    """Saves every kernel layer's pictures (`png_pictures`) as `<layer>_<kind>.png` in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for layer in sws_layers(model):
-        kernels, similarity, centroids = layer_arrays(layer)
-        factor = max(1, 8 // kernels.shape[0])
-        images = {
-            "weighted": visualize.mosaic(visualize.kernel_tiles(kernels, similarity)),
-            "kcp": visualize.mosaic(visualize.kcp_tiles(kernels)),
-        }
-        if color_coding:
-            images["weighted_color"] = visualize.mosaic(
-                visualize.color_coded_tiles(kernels, similarity)
-            )
-        images = {kind: visualize.upscale(image, factor) for kind, image in images.items()}
-        # The centroid map has one pixel per output cell: enlarge it to about 224 pixels.
-        centroid_map = visualize.centroid_map(similarity, centroids, layer.scaling)
-        images["centroids"] = visualize.upscale(centroid_map, max(1, 224 // len(centroid_map)))
-        for kind, image in images.items():
-            path = folder / f"{layer.name}_{kind}.png"
+    for view in layer_views(model):
+        for kind, image in png_pictures(view, color_coding).items():
+            path = folder / f"{view.name}_{kind}.png"
             write_png(path, image)
             written.append(path)
     return written
 
 
-class LayerSummaries(keras.callbacks.Callback):
-    """Writes the SWS layers' pictures every epoch, and per `log_verbosity` more.
+def hparam_values(flags: dict) -> dict[str, bool | int | float | str]:
+    """A run's flags as HParams values: pairs as `"24 48"`, unset values as `"none"`.
 
-    verbosity 0: kernel images and centroids; 1: + gradient histograms of a
+    The flags of `NOT_HPARAMS` are left out.
+    """
+
+    def value(item):
+        if item is None:
+            return "none"
+        if isinstance(item, (list, tuple)):
+            return " ".join(str(part) for part in item)
+        return item if isinstance(item, (bool, int, float, str)) else str(item)
+
+    return {name: value(item) for name, item in sorted(flags.items()) if name not in NOT_HPARAMS}
+
+
+def experiment_summary(values: dict) -> summary_pb2.Summary:
+    """The HParams experiment description: one column per flag, the metric columns.
+
+    Boolean flags get their domain (so the tab can filter on them); other flags
+    are left without one, as their values vary from run to run. TensorBoard
+    shows the first five hparams marked `differs` by default: the flags of
+    `KEY_HPARAMS` are marked so, to be in view when the tab opens.
+    """
+    hparams = [
+        hp.HParam(name, hp.Discrete([False, True]) if isinstance(value, bool) else None)
+        for name, value in values.items()
+    ]
+    metrics = [hp.Metric(tag, display_name=title) for tag, title in FINAL_METRICS.items()]
+    metrics += [
+        hp.Metric(tag, group=group, display_name=title)
+        for (group, tag), title in EPOCH_METRICS.items()
+    ]
+    summary = hp.hparams_config_pb(hparams=hparams, metrics=metrics)
+    plugin_data = summary.value[0].metadata.plugin_data
+    content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in KEY_HPARAMS
+    plugin_data.content = content.SerializeToString()
+    return summary
+
+
+def write_hparams(run_root: Path, flags: dict) -> None:
+    """Records a run's flags for TensorBoard's HParams tab, in the run folder itself.
+
+    Every run writes the same experiment description (`experiment_summary`),
+    so the tab lists all runs of a logdir side by side; the run folder's name
+    is the trial id, so that two runs with equal flags stay two rows. Call it
+    once per start (a resumed run writing it again is harmless: the values
+    are the same).
+    """
+    values = hparam_values(flags)
+    writer = tf.summary.create_file_writer(str(run_root))
+    with writer.as_default():
+        tf.summary.experimental.write_raw_pb(experiment_summary(values).SerializeToString(), step=0)
+        hp.hparams(values, trial_id=Path(run_root).name)
+    writer.close()
+
+
+def hparams_metrics(
+    epochs: list[dict], test_loss: float, test_accuracy: float, parameters: int
+) -> dict[str, float | int | None]:
+    """The final metrics of a run from its `metrics.json` epoch records and its test result.
+
+    `best_val_accuracy` is the highest `val_accuracy` of any epoch and
+    `images_per_second` the mean over epochs (None without epochs).
+    """
+    accuracies = [epoch["val_accuracy"] for epoch in epochs if "val_accuracy" in epoch]
+    speeds = [epoch["images_per_second"] for epoch in epochs if "images_per_second" in epoch]
+    return {
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "best_val_accuracy": max(accuracies) if accuracies else None,
+        "parameters": int(parameters),
+        "images_per_second": sum(speeds) / len(speeds) if speeds else None,
+    }
+
+
+def write_final_metrics(run_root: Path, metrics: dict, step: int) -> None:
+    """Writes a run's final metrics (keys of `FINAL_METRICS`) as scalars beside its HParams.
+
+    `step` is the number of epochs trained; None values are skipped.
+    """
+    unknown = sorted(set(metrics) - set(FINAL_METRICS))
+    if unknown:
+        raise ValueError(
+            f"Expected metrics among {sorted(FINAL_METRICS)}. Received unknown {unknown}."
+        )
+    writer = tf.summary.create_file_writer(str(run_root))
+    with writer.as_default(step=step):
+        for tag, value in metrics.items():
+            if value is not None:
+                tf.summary.scalar(tag, float(value))
+    writer.close()
+
+
+class LayerSummaries(keras.callbacks.Callback):
+    """Writes the kernel layers' pictures every epoch, and per `log_verbosity` more.
+
+    verbosity 0: kernel images (every kernel layer) and centroids (SWS); 1: + gradient histograms of a
     fixed probe batch; 3: + activation histograms of every layer. (Weight
     histograms, verbosity 2, come from `keras.callbacks.TensorBoard`.)
     """
@@ -106,21 +330,21 @@ class LayerSummaries(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         with self.writer.as_default(step=epoch):
-            for layer in sws_layers(self.model):
-                self._write_layer(layer)
+            for view in layer_views(self.model):
+                self._write_layer(view)
             if self.verbosity >= 1:
                 self._write_gradients()
             if self.verbosity >= 3:
                 self._write_activations()
         self.writer.flush()
 
-    def _write_layer(self, layer):
-        with tf.name_scope(layer.name):
-            for tag, images in layer_pictures(layer, self.color_coding).items():
+    def _write_layer(self, view: LayerView):
+        with tf.name_scope(view.name):
+            for tag, images in layer_pictures(view, self.color_coding).items():
                 tf.summary.image(tag, images, max_outputs=len(images))
-            centroids = keras.ops.convert_to_numpy(layer.centroid_positions)
-            tf.summary.histogram("centroid_y", centroids[..., 0])
-            tf.summary.histogram("centroid_x", centroids[..., 1])
+            if view.centroids is not None:
+                tf.summary.histogram("centroid_y", view.centroids[..., 0])
+                tf.summary.histogram("centroid_x", view.centroids[..., 1])
 
     def _write_gradients(self):
         variables = self.model.trainable_variables

@@ -62,7 +62,14 @@ from swsl_cli.interrupts import (  # noqa: E402
 )
 from swsl_cli.model import build_model, parameter_counts  # noqa: E402
 from swsl_cli.progress import Console, ProgressBar, epoch_line  # noqa: E402
-from swsl_cli.summaries import LayerSummaries, export_kernel_pngs, tensorboard_callback  # noqa: E402
+from swsl_cli.summaries import (  # noqa: E402
+    LayerSummaries,
+    export_kernel_pngs,
+    hparams_metrics,
+    tensorboard_callback,
+    write_final_metrics,
+    write_hparams,
+)
 
 
 @dataclass(frozen=True)
@@ -415,6 +422,11 @@ def finish(session: Session, model: keras.Model, record: RunRecord) -> None:
     )
     session.run.save_model(model.save)
     export_kernel_pngs(model, session.run.kernel_images, session.config.color_coding)
+    write_final_metrics(
+        session.run.root,
+        hparams_metrics(record.epochs, test_loss, test_accuracy, record.parameters["total"]),
+        step=len(record.epochs),
+    )
     validation = [e["val_accuracy"] for e in record.epochs if "val_accuracy" in e]
     record.write(
         status="completed",
@@ -492,6 +504,8 @@ def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int
             if session.start_epoch < session.config.n_epochs:
                 phase = "while training"
                 record.write(status="running")
+                if session.fresh:
+                    write_hparams(session.run.root, session.config.to_dict())
                 fit(session, model, record)
             if record.nonfinite_at is not None:
                 return nonfinite(session, record)

@@ -1,12 +1,18 @@
-"""Pictures of a soft weight sharing layer: numpy arrays in, numpy arrays out.
+"""Pictures of convolution-like layers: numpy arrays in, numpy arrays out.
 
-The locally weighted kernel at output cell (i, j) is `sum_s S_s(i, j) W_s`.
-Sampling it on a coarse grid of cells and tiling the samples shows how the
-kernel changes across the image; tinting each tile by its nearest centroid's
-colour shows which KCP dominates where.
+Every picture starts from per-cell kernels `(H', W', kh, kw, C, F)`, the
+kernel each output cell sees: for a soft weight sharing layer the locally
+weighted kernel `sum_s S_s(i, j) W_s` (`weighted_kernels`), for a Conv2D its
+one kernel everywhere (`shared_kernels`), for a locally connected layer its
+own weights. Sampling them on a coarse grid of cells and tiling the samples
+shows how the kernel changes across the image (for Conv2D: not at all);
+tinting each tile by its nearest centroid's colour shows which KCP dominates
+where.
 """
 
 from __future__ import annotations
+
+import colorsys
 
 import numpy as np
 
@@ -33,36 +39,76 @@ PALETTE = (
     / 255.0
 )
 
+# Beyond the 12 qualitative colours: hues a golden-ratio turn apart (each new hue
+# falls in the widest gap left on the colour wheel), cycling through four saturation/brightness levels so
+# that neighbours in the sequence differ in lightness too; never dark (a tinted
+# kernel must stay visible) nor white (the centroid markers are white).
+GOLDEN_RATIO_TURN = 0.6180339887498949
+EXTRA_SATURATION_VALUE = ((0.8, 1.0), (1.0, 0.7), (0.5, 0.85), (0.9, 0.6))
+
 SAMPLE_STEP = 3  # every third output cell, as the original visualisation
+MAX_SAMPLES = 10  # sampled cells per side at most: larger outputs get a larger step
+MAX_SIDE = 1500  # pixels per side of an exported picture at most
 
 
 def palette(count: int) -> np.ndarray:
-    """`(count, 3)` RGB colours in [0, 1], one per centroid."""
-    if count > len(PALETTE):
-        raise ValueError(
-            f"Colour coding supports at most {len(PALETTE)} centroids. Received {count} centroids."
+    """`(count, 3)` RGB colours in [0, 1], one per centroid, for any `count`.
+
+    The 12 ColorBrewer "Paired" colours come first; the rest are generated
+    (golden-ratio hues), so `palette(n)[:m] == palette(m)` for `m <= n`.
+    """
+    if count < 0:
+        raise ValueError(f"Expected a count >= 0. Received count={count}.")
+    extra = max(count - len(PALETTE), 0)
+    generated = [
+        colorsys.hsv_to_rgb(
+            (index * GOLDEN_RATIO_TURN) % 1.0,
+            *EXTRA_SATURATION_VALUE[index % len(EXTRA_SATURATION_VALUE)],
         )
-    return PALETTE[:count]
+        for index in range(extra)
+    ]
+    generated = np.array(generated, dtype=np.float32).reshape(-1, 3)
+    return np.concatenate([PALETTE, generated])[:count]
 
 
-def sample_cells(similarity: np.ndarray, step: int = SAMPLE_STEP) -> np.ndarray:
-    """Every `step`-th row and column of a `(H', W', G, S)` similarity map."""
-    return similarity[::step, ::step]
+def sample_step(rows: int, cols: int) -> int:
+    """The cell step that samples a `rows x cols` output at most `MAX_SAMPLES` times per side.
+
+    Never below `SAMPLE_STEP` (3), so MNIST-sized outputs look as in the original.
+    """
+    return max(SAMPLE_STEP, -(-max(rows, cols) // MAX_SAMPLES))
+
+
+def sample_cells(array: np.ndarray, step: int | None = None) -> np.ndarray:
+    """Every `step`-th row and column of a per-cell array (`(H', W', ...)`).
+
+    `step` defaults to `sample_step(H', W')`.
+    """
+    step = step or sample_step(*array.shape[:2])
+    return array[::step, ::step]
 
 
 def weighted_kernels(kernels: np.ndarray, similarity: np.ndarray) -> np.ndarray:
-    """Locally weighted kernels at each sampled cell.
+    """Locally weighted kernels of a SWS layer at each (sampled) cell.
 
     Args:
         kernels: `(kh, kw, in_channels, filters, S)` KCP kernels.
         similarity: `(gy, gx, G, S)` coefficients, `G` 1 or `filters`.
 
     Returns:
-        `(gy, gx, kh, kw, in_channels, filters)`.
+        `(gy, gx, kh, kw, in_channels, filters)`: the per-cell kernels.
     """
     filters = kernels.shape[3]
     similarity = np.broadcast_to(similarity, (*similarity.shape[:2], filters, similarity.shape[3]))
     return np.einsum("abcfs,yxfs->yxabcf", kernels, similarity)
+
+
+def shared_kernels(kernel: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A convolution's one kernel `(kh, kw, C, F)` as per-cell kernels `(rows, cols, kh, kw, C, F)`.
+
+    A read-only broadcast view: no copy, whatever the output size.
+    """
+    return np.broadcast_to(kernel, (rows, cols, *kernel.shape))
 
 
 def scale_kernels(kernels: np.ndarray, axes=(2, 3)) -> np.ndarray:
@@ -92,18 +138,25 @@ def tile(kernels: np.ndarray) -> np.ndarray:
     return np.pad(images, [(0, 0), (0, 0), (0, 1), (0, 1)] + [(0, 0)] * (images.ndim - 4))
 
 
-def kernel_tiles(kernels: np.ndarray, similarity: np.ndarray) -> np.ndarray:
-    """Grayscale images of the locally weighted kernels, one per (input channel, filter).
+def kernel_tiles(cell_kernels: np.ndarray, rgb: bool = False) -> np.ndarray:
+    """Images of per-cell kernels, each kernel min-max scaled on its own.
 
     Args:
-        kernels: `(kh, kw, in_channels, filters, S)` KCP kernels.
-        similarity: `(H', W', G, S)` similarity map; sampled every `SAMPLE_STEP` cells.
+        cell_kernels: `(gy, gx, kh, kw, in_channels, filters)`, the kernels at
+            the sampled cells (see `sample_cells`), whatever layer they come from.
+        rgb: the input channels are an image's red, green and blue (a first
+            layer on colour images): each kernel is drawn as one colour patch,
+            its three channels scaled together, so that the picture shows the
+            colour and the pattern the filter responds to at once.
 
     Returns:
-        `(in_channels, filters, height, width)` in [0, 1].
+        `(in_channels, filters, height, width)` grey images in [0, 1], or with
+        `rgb` `(1, filters, height, width, 3)`.
     """
-    sampled = sample_cells(similarity)
-    return tile(scale_kernels(weighted_kernels(kernels, sampled)))
+    if rgb:
+        scaled = scale_kernels(cell_kernels, axes=(2, 3, 4))
+        return tile(np.moveaxis(scaled, 4, -1)[:, :, :, :, None])
+    return tile(scale_kernels(cell_kernels))
 
 
 def nearest_centroid(similarity: np.ndarray) -> np.ndarray:
@@ -111,20 +164,25 @@ def nearest_centroid(similarity: np.ndarray) -> np.ndarray:
     return similarity.argmax(axis=-1)
 
 
-def color_coded_tiles(kernels: np.ndarray, similarity: np.ndarray) -> np.ndarray:
-    """RGB kernel images, each tile tinted by the colour of its nearest centroid.
+def color_coded_tiles(cell_kernels: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """Grey kernel images, each tile tinted by the colour of its cell's nearest centroid.
+
+    One row per input channel, RGB inputs included (a tint cannot be read
+    off a kernel that already has colours).
+
+    Args:
+        cell_kernels: `(gy, gx, kh, kw, in_channels, filters)` at the sampled cells.
+        similarity: `(gy, gx, G, S)` coefficients at the same cells.
 
     Returns:
         `(in_channels, filters, height, width, 3)` in [0, 1].
     """
-    sampled = sample_cells(similarity)
     colors = palette(similarity.shape[-1])
-    filters = kernels.shape[3]
-    nearest = np.broadcast_to(nearest_centroid(sampled), (*sampled.shape[:2], filters))
-    scaled = scale_kernels(weighted_kernels(kernels, sampled))
+    filters = cell_kernels.shape[5]
+    nearest = np.broadcast_to(nearest_centroid(similarity), (*similarity.shape[:2], filters))
     # (gy, gx, f, 3) -> (gy, gx, 1, 1, 1, f, 3) against (gy, gx, kh, kw, c, f, 1)
     tint = colors[nearest][:, :, None, None, None]
-    return tile(scaled[..., None] * tint)
+    return tile(scale_kernels(cell_kernels)[..., None] * tint)
 
 
 def centroid_map(
@@ -155,21 +213,77 @@ def centroid_map(
     return image
 
 
+def fold_row(images: np.ndarray) -> np.ndarray:
+    """A single row of more than 3 images `(1, n, h, w[, 3])` as a near-square grid.
+
+    `ceil(sqrt(n))` columns, unused cells blank: 24 filters make 5 rows of 5
+    rather than one long strip. Other grids are returned as they are.
+    """
+    rows, cols = images.shape[:2]
+    if rows != 1 or cols <= 3:
+        return images
+    columns = int(np.ceil(np.sqrt(cols)))
+    blank = np.zeros((1, columns * -(-cols // columns) - cols, *images.shape[2:]), images.dtype)
+    return np.concatenate([images, blank], axis=1).reshape(-1, columns, *images.shape[2:])
+
+
 def mosaic(images: np.ndarray) -> np.ndarray:
     """Arranges `(rows, cols, h, w[, 3])` images into one `(rows*h, cols*w[, 3])` picture.
 
-    A single row (one input channel) is folded into a near-square grid of
-    `ceil(sqrt(cols))` columns, so that 24 filters make 5 rows of 5 (the last
-    cell blank) rather than one long strip.
+    A single row (one input channel) is folded first (`fold_row`).
     """
+    return _grid_picture(fold_row(images))
+
+
+def _grid_picture(images: np.ndarray) -> np.ndarray:
     rows, cols, height, width = images.shape[:4]
-    if rows == 1 and cols > 3:
-        columns = int(np.ceil(np.sqrt(cols)))
-        blank = np.zeros((1, columns * -(-cols // columns) - cols, *images.shape[2:]), images.dtype)
-        images = np.concatenate([images, blank], axis=1).reshape(-1, columns, *images.shape[2:])
-        rows, cols = images.shape[:2]
-    grid = images.swapaxes(1, 2)
-    return grid.reshape(rows * height, cols * width, *images.shape[4:])
+    return images.swapaxes(1, 2).reshape(rows * height, cols * width, *images.shape[4:])
+
+
+def fold_columns(images: np.ndarray, columns: int) -> np.ndarray:
+    """A `(rows, cols, h, w[, 3])` grid re-laid as bands of at most `columns` columns.
+
+    Band `b` holds columns `b * columns ...` of every row; a blank row of
+    images separates bands of more than one row.
+    """
+    rows, cols = images.shape[:2]
+    if cols <= columns:
+        return images
+    bands = -(-cols // columns)
+    blank = np.zeros((rows, bands * columns - cols, *images.shape[2:]), images.dtype)
+    padded = np.concatenate([images, blank], axis=1)
+    # (rows, bands, columns, ...) -> (bands, rows, columns, ...)
+    banded = padded.reshape(rows, bands, columns, *images.shape[2:]).swapaxes(0, 1)
+    if rows == 1:
+        return banded.reshape(-1, columns, *images.shape[2:])
+    gap = np.zeros((bands, 1, columns, *images.shape[2:]), images.dtype)
+    banded = np.concatenate([banded, gap], axis=1)
+    return banded.reshape(-1, columns, *images.shape[2:])[:-1]
+
+
+def bounded_picture(images: np.ndarray, factor: int, max_side: int = MAX_SIDE) -> np.ndarray:
+    """`mosaic` of `(rows, cols, h, w[, 3])` images, enlarged by up to `factor`, at most
+    `max_side` pixels a side.
+
+    A grid wider than `max_side` is folded into bands of filters
+    (`fold_columns`), as many a band as make the picture nearest to square; the
+    enlargement then shrinks (down to 1); a grid still
+    too tall keeps its first rows that fit.
+    """
+    grid = fold_row(images)
+    rows, cols, height, width = grid.shape[:4]
+    if cols * width > max_side:
+
+        def longer_side(columns: int) -> int:
+            bands = -(-cols // columns)
+            return max(columns * width, (bands * (rows + 1) - 1) * height)
+
+        fitting = range(max(1, max_side // width), 0, -1)
+        grid = fold_columns(grid, min(fitting, key=longer_side))
+    grid = grid[: max(1, max_side // height)]
+    picture = _grid_picture(grid)
+    factor = max(1, min(factor, max_side // max(picture.shape[:2])))
+    return upscale(picture, factor)
 
 
 def kcp_tiles(kernels: np.ndarray) -> np.ndarray:

@@ -196,3 +196,10 @@ def test_module_entry_point_exit_status_and_no_traceback(tmp_path):
     assert not (tmp_path / "tb").exists()
     help_text = run_cli("-h")
     assert help_text.returncode == 0 and "further options" in help_text.stdout
+
+
+def test_compare_refuses_training_flags(tmp_path, capsys):
+    assert main(["--compare", str(tmp_path), "--n_epochs", "3"]) == 2
+    assert "--compare takes only --logdir and --format, not --n_epochs" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="train nothing"):
+        parse_command(["--format", "csv"])

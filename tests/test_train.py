@@ -89,6 +89,18 @@ def test_scalars_in_tensorboard(full_run):
             np.testing.assert_allclose(values, expected, rtol=1e-5)
 
 
+def test_hparams_of_the_run_in_its_folder(full_run):
+    _, run_dir, _ = full_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert "_hparams_/session_start_info" in accumulator.PluginTagToContent("hparams")
+    (accuracy,) = accumulator.Tensors("test_accuracy")
+    assert float(tf.make_ndarray(accuracy.tensor_proto)) == pytest.approx(metrics["test_accuracy"])
+    (parameters,) = accumulator.Tensors("parameters")
+    assert float(tf.make_ndarray(parameters.tensor_proto)) == metrics["parameters"]["total"]
+
+
 def test_kernel_images_every_epoch(full_run):
     _, run_dir, _ = full_run
     accumulator = events(run_dir, "layers")

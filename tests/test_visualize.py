@@ -38,7 +38,8 @@ def test_per_feature_similarity_weights_each_filter_with_its_own_coefficients():
 def test_kernel_tiles_layout_scale_and_separators():
     kernels = RNG.normal(size=(3, 3, 2, 5, 4))
     sims = RNG.random((10, 10, 1, 4))
-    tiles = visualize.kernel_tiles(kernels, sims)
+    sampled = visualize.sample_cells(sims)
+    tiles = visualize.kernel_tiles(visualize.weighted_kernels(kernels, sampled))
     # every third cell of 10 -> 4 samples; 4 * (3 + 1) + 1 pixels
     assert tiles.shape == (2, 5, 17, 17)
     assert tiles.min() >= 0 and tiles.max() <= 1
@@ -58,17 +59,97 @@ def test_constant_kernel_scales_to_zero_not_nan():
 def test_color_coded_tiles_tint_by_nearest_centroid():
     kernels = RNG.normal(size=(3, 3, 1, 2, 3))
     sims = one_hot_similarity(4, 4, 1, 3, nearest=2)
-    colored = visualize.color_coded_tiles(kernels, sims)
-    gray = visualize.kernel_tiles(kernels, sims)
+    cells = visualize.weighted_kernels(kernels, sims)
+    colored = visualize.color_coded_tiles(cells, sims)
+    gray = visualize.kernel_tiles(cells)
     assert colored.shape == gray.shape + (3,)
     np.testing.assert_allclose(colored, gray[..., None] * visualize.PALETTE[2])
 
 
-def test_palette_refuses_more_than_twelve_centroids():
-    assert visualize.palette(12).shape == (12, 3)
-    assert len({tuple(c) for c in visualize.palette(12)}) == 12
-    with pytest.raises(ValueError, match="at most 12 centroids. Received 13"):
-        visualize.palette(13)
+def test_palette_starts_with_the_twelve_paired_colours_and_extends_for_any_count():
+    np.testing.assert_array_equal(visualize.palette(1), visualize.PALETTE[:1])
+    np.testing.assert_array_equal(visualize.palette(12), visualize.PALETTE)
+    many = visualize.palette(50)
+    assert many.shape == (50, 3) and visualize.palette(0).shape == (0, 3)
+    np.testing.assert_array_equal(visualize.palette(13), many[:13])  # a prefix: stable colours
+    assert 0 <= many.min() and many.max() <= 1
+    distances = np.linalg.norm(many[:, None] - many[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    assert distances.min() > 0.1  # no two of 50 colours alike
+    generated = many[12:]
+    assert generated.max(axis=1).min() >= 0.6  # never dark: tinted kernels stay visible
+    assert (generated.max(axis=1) - generated.min(axis=1)).min() > 0.3  # never white or grey
+
+
+@pytest.mark.parametrize("count", [1, 12, 13, 50])
+def test_colour_coding_and_centroid_map_for_any_centroid_count(count):
+    kernels = RNG.normal(size=(3, 3, 1, 2, count))
+    sims = RNG.random((9, 9, 1, count))
+    colored = visualize.color_coded_tiles(visualize.weighted_kernels(kernels, sims), sims)
+    assert colored.shape == (1, 2, 9 * 4 + 1, 9 * 4 + 1, 3)
+    nearest = sims[0, 0, 0].argmax()  # the tile at cell (0, 0) wears its centroid's colour
+    brightest = colored[0, 0, 1:4, 1:4].reshape(-1, 3).max(axis=0)
+    np.testing.assert_allclose(brightest, visualize.palette(count)[nearest], atol=1e-6)
+    centroids = RNG.random((1, count, 2))
+    image = visualize.centroid_map(sims, centroids)
+    assert image.shape == (9, 9, 3) and np.isfinite(image).all()
+
+
+def test_sample_step_grows_with_the_output_so_at_most_ten_cells_a_side_are_drawn():
+    assert [visualize.sample_step(n, n) for n in (5, 14, 28, 30, 32, 64, 224)] == [
+        3,
+        3,
+        3,
+        3,
+        4,
+        7,
+        23,
+    ]
+    assert visualize.sample_step(10, 224) == 23  # the longer side decides
+    assert visualize.sample_cells(np.zeros((224, 224, 1, 4))).shape == (10, 10, 1, 4)
+    assert visualize.sample_cells(np.zeros((28, 28, 1, 4))).shape == (10, 10, 1, 4)
+
+
+def test_shared_kernels_are_the_conv_kernel_at_every_cell():
+    kernel = RNG.normal(size=(3, 3, 2, 4))
+    cells = visualize.shared_kernels(kernel, 5, 6)
+    assert cells.shape == (5, 6, 3, 3, 2, 4)
+    np.testing.assert_array_equal(cells[4, 5], kernel)
+    tiles = visualize.kernel_tiles(cells)
+    np.testing.assert_array_equal(tiles[1, 2, 1:4, 1:4], tiles[1, 2, 17:20, 21:24])  # same tile
+
+
+def test_rgb_kernel_tiles_draw_each_kernel_as_one_colour_patch_scaled_across_channels():
+    cells = np.zeros((2, 2, 3, 3, 3, 4))
+    cells[0, 0, 1, 1, 0, 0] = 2.0  # filter 0 at cell (0, 0): a red centre ...
+    cells[0, 0, 1, 1, 2, 0] = 1.0  # ... with half as much blue
+    tiles = visualize.kernel_tiles(cells, rgb=True)
+    assert tiles.shape == (1, 4, 9, 9, 3)
+    np.testing.assert_allclose(tiles[0, 0, 2, 2], (1.0, 0.0, 0.5))  # pixel (1, 1) of the kernel
+    np.testing.assert_allclose(tiles[0, 0, 1, 1], (0.0, 0.0, 0.0))
+    grey = visualize.kernel_tiles(cells)
+    assert grey.shape == (3, 4, 9, 9)  # one row per input channel without `rgb`
+    assert grey[2, 0, 2, 2] == 1.0  # each channel scaled alone: blue's 1.0 is its maximum
+
+
+def test_bounded_picture_shrinks_the_enlargement_then_keeps_what_fits():
+    small = np.ones((1, 24, 9, 9))
+    assert visualize.bounded_picture(small, 2).shape == (5 * 9 * 2, 5 * 9 * 2)  # folded, x2
+    wide = np.ones((24, 48, 21, 21))  # MNIST's second layer: 24 inputs x 48 filters
+    assert visualize.bounded_picture(wide, 2).shape == (24 * 21, 48 * 21)  # x2 would be 2016
+    rgb_rows = np.arange(3 * 24 * 81 * 81, dtype=float).reshape(3, 24, 81, 81)  # 1944 px wide
+    picture = visualize.bounded_picture(rgb_rows, 1)
+    # 18 filters would fit a row; 11 a band make it square: bands of filters 0-10, 11-21,
+    # 22-23, 3 rows each, a blank row between bands
+    assert picture.shape == (11 * 81, 11 * 81)
+    np.testing.assert_array_equal(picture[4 * 81 : 5 * 81, 81:162], rgb_rows[0, 12])
+    assert (picture[3 * 81 : 4 * 81] == 0).all() and (picture[8 * 81 :, 2 * 81 :] == 0).all()
+    huge = np.arange(100 * 200 * 21 * 21, dtype=float).reshape(100, 200, 21, 21)
+    picture = visualize.bounded_picture(huge, 2, max_side=1500)
+    assert picture.shape == (71 * 21, 71 * 21)  # 71 filters a band; the first 71 rows fit
+    np.testing.assert_array_equal(picture[-21:, -21:], huge[70, 70])
+    rgb = np.ones((1, 64, 81, 81, 3))
+    assert visualize.bounded_picture(rgb, 1).shape == (8 * 81, 8 * 81, 3)
 
 
 def test_centroid_map_marks_centroids_and_colours_regions():

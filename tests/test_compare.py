@@ -1,0 +1,222 @@
+"""`swsl-train --compare`: the runs table from run folders' JSON files, damaged files, pipes."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from swsl_cli import compare
+from swsl_cli.config import Config
+
+
+def make_run(logdir, name, metrics=None, **flags):
+    """A run folder as `runs.create` and `train.write_metrics` leave it."""
+    folder = logdir / name
+    folder.mkdir(parents=True)
+    config = Config(logdir=str(logdir), run_name=name, seed=1, **flags).to_dict()
+    (folder / "config.json").write_text(json.dumps(config))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps({"flags": config, **metrics}))
+    return folder
+
+
+def epochs(*speeds, val_accuracy=0.9):
+    return [
+        {"epoch": i + 1, "images_per_second": s, "val_accuracy": val_accuracy}
+        for i, s in enumerate(speeds)
+    ]
+
+
+@pytest.fixture
+def logdir(tmp_path):
+    """Five runs of every kind and state, one damaged, and a folder that is no run."""
+    logdir = tmp_path / "tb"
+    make_run(
+        logdir,
+        "a-sws",
+        {"status": "completed", "epochs": epochs(1000.0, 1200.0), "test_accuracy": 0.98765},
+        n_epochs=2,
+    )
+    make_run(
+        logdir,
+        "b-conv",
+        {
+            "status": "completed",
+            "epochs": epochs(5000.0),
+            "test_accuracy": 0.5,
+            "dataset": "cifar10",
+            "parameters": {"conv1": 100, "total": 1234567},
+        },
+        n_epochs=1,
+        layer="conv",
+    )
+    make_run(
+        logdir,
+        "c-random",
+        {"status": "interrupted", "epochs": epochs(900.0), "parameters": 4321},
+        n_epochs=10,
+        n_centroids=13,
+    )
+    make_run(logdir, "d-startup-failed", n_epochs=3)
+    damaged = make_run(logdir, "e-damaged", {}, n_epochs=4)
+    (damaged / "metrics.json").write_text('{"status": "comp')  # cut short by a full disk
+    (logdir / "not-a-run").mkdir()
+    (logdir / "notes.txt").write_text("a file beside the runs")
+    return logdir
+
+
+def compare_output(logdir, fmt="table"):
+    out, err = io.StringIO(), io.StringIO()
+    status = compare.main(str(logdir), fmt, stream=out, errors=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_table_lists_every_run_by_name_with_aligned_columns(logdir):
+    status, out, err = compare_output(logdir)
+    assert status == 0
+    assert out.splitlines() == [
+        "run               dataset  layer  centroids     params  epochs  test_accuracy  "
+        "images_per_s  status",
+        "a-sws             mnist    sws    2x2                -     2/2         0.9877  "
+        "        1100  completed",
+        "b-conv            cifar10  conv   -          1,234,567     1/1         0.5000  "
+        "        5000  completed",
+        "c-random          mnist    sws    13 random      4,321    1/10              -  "
+        "         900  interrupted",
+        "d-startup-failed  mnist    sws    2x2                -       -              -  "
+        "           -  not started",
+        "e-damaged         mnist    sws    2x2                -       -              -  "
+        "           -  damaged",
+    ]
+    (line,) = err.splitlines()  # one line for the damaged file
+    assert line.startswith("swsl-train --compare: ") and "e-damaged/metrics.json: damaged" in line
+
+
+def test_csv_keeps_exact_numbers_and_leaves_gaps_empty(logdir):
+    status, out, _ = compare_output(logdir, "csv")
+    assert status == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [row["run"] for row in rows] == [
+        "a-sws",
+        "b-conv",
+        "c-random",
+        "d-startup-failed",
+        "e-damaged",
+    ]
+    assert rows[0]["test_accuracy"] == "0.98765" and rows[0]["images_per_s"] == "1100.0"
+    assert rows[1]["params"] == "1234567" and rows[1]["dataset"] == "cifar10"
+    assert rows[2]["epochs"] == "1" and rows[2]["epochs_planned"] == "10"
+    assert rows[2]["centroids"] == "13 random" and rows[2]["test_accuracy"] == ""
+    assert rows[4]["status"] == "damaged" and rows[4]["epochs_planned"] == "4"
+
+
+def test_markdown_table_right_aligns_numbers(logdir):
+    _, out, _ = compare_output(logdir, "markdown")
+    lines = out.splitlines()
+    assert lines[0] == (
+        "| run | dataset | layer | centroids | params | epochs | test_accuracy | images_per_s "
+        "| status |"
+    )
+    assert lines[1] == "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"
+    assert (
+        lines[3] == "| b-conv | cifar10 | conv | - | 1,234,567 | 1/1 | 0.5000 | 5000 | completed |"
+    )
+    assert len(lines) == 7
+
+
+@pytest.mark.parametrize(
+    "config_text, metrics_text, status",
+    [
+        ("[1, 2]", '{"status": "completed", "epochs": "many"}', "damaged"),  # not an object
+        ("\xff\xfe", None, "damaged"),  # not UTF-8
+        ("{}", '{"status": 3, "epochs": [1, {"images_per_second": "fast"}]}', "3"),
+        (None, '{"flags": {"layer": "local"}, "status": "running", "epochs": []}', "running"),
+    ],
+)
+def test_odd_file_contents_never_crash(tmp_path, config_text, metrics_text, status):
+    run = tmp_path / "tb" / "odd"
+    run.mkdir(parents=True)
+    if config_text is not None:
+        (run / "config.json").write_bytes(config_text.encode("latin-1"))
+    if metrics_text is not None:
+        (run / "metrics.json").write_text(metrics_text)
+    code, out, err = compare_output(tmp_path / "tb")
+    assert code == 0
+    assert out.splitlines()[1].split()[0] == "odd"
+    assert out.splitlines()[1].split()[-1] == status
+    assert len(err.splitlines()) == (1 if status == "damaged" else 0)
+
+
+def test_missing_logdir_a_file_and_an_empty_logdir(tmp_path):
+    status, out, err = compare_output(tmp_path / "nowhere")
+    assert (status, out) == (1, "")
+    assert err == f"swsl-train --compare: error: logdir {tmp_path / 'nowhere'} does not exist\n"
+    (tmp_path / "file").write_text("x")
+    status, _, err = compare_output(tmp_path / "file")
+    assert status == 1 and err.endswith("is not a folder\n")
+    (tmp_path / "empty").mkdir()
+    status, out, err = compare_output(tmp_path / "empty")
+    assert (status, out) == (0, "") and err.startswith("swsl-train --compare: no runs in ")
+
+
+def run_cli(*args, flags=(), **kwargs):
+    return subprocess.run(
+        [sys.executable, *flags, "-m", "swsl_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        **kwargs,
+    )
+
+
+def test_cli_compare_uses_logdir_by_default_and_imports_no_tensorflow(logdir):
+    # -X importtime lists every module the command imports, on stderr.
+    result = run_cli(
+        "--compare", "--logdir", str(logdir), "--format", "csv", flags=["-X", "importtime"]
+    )
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert result.returncode == 0 and "swsl_cli.compare" in imported
+    assert not imported & {"tensorflow", "keras"}
+    assert result.stdout.splitlines()[1].startswith("a-sws,mnist,sws,2x2,")
+    named = run_cli("--compare", str(logdir))
+    assert named.returncode == 0 and named.stdout.splitlines()[0].startswith("run ")
+    missing = run_cli("--compare", str(logdir / "nowhere"))
+    assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1
+    assert "Traceback" not in missing.stderr
+
+
+def test_cli_format_without_compare_is_a_usage_error(capsys):
+    from swsl_cli.cli import main
+
+    assert main(["--format", "csv"]) == 2
+    assert capsys.readouterr().err.startswith("swsl-train: error: --format applies to --compare")
+
+
+def test_a_reader_that_left_and_a_closed_stdout_end_quietly(logdir):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head -2` having exited: every write fails with EPIPE
+    left = subprocess.run(
+        [sys.executable, "-m", "swsl_cli", "--compare", str(logdir)],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(write_end)
+    assert left.returncode == 0 and left.stderr.count("\n") == 1  # the damaged-file line
+    closed = subprocess.run(
+        ["bash", "-c", f'exec "$0" -m swsl_cli --compare {logdir} >&-', sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert closed.returncode == 1
+    assert closed.stderr.splitlines()[-1] == (
+        "swsl-train --compare: error: standard output is closed; nowhere to print the table"
+    )
+    assert "Traceback" not in closed.stderr
