@@ -28,7 +28,6 @@ from swsl_cli import visualize
 from swsl_cli.layers import SoftWeightSharingConv2D
 
 LAYERS_RUN = "layers"
-PNG_DIR = "kernel_images"
 # Exported kernels are enlarged to about 8 pixels per weight (as far as MAX_SIDE allows).
 PIXELS_PER_WEIGHT = 8
 CENTROID_MAP_SIDE = 224  # pixels, about, of the exported centroid map
