@@ -272,6 +272,10 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[Config, frozenset[
     if "format" in given or "compare" in given:
         raise UsageError("--format and --compare train nothing; give them without training flags")
     config = Config(**given)
+    if config.jit_compile == "on" and config.max_shift:
+        raise UsageError(
+            "--jit_compile on needs --max_shift 0: the shift augmentation has no XLA kernel"
+        )
     if config.distribute == "multi_worker" and not os.environ.get("TF_CONFIG"):
         raise UsageError(
             "--distribute multi_worker needs the TF_CONFIG environment variable "

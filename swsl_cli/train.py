@@ -355,7 +355,8 @@ def build_or_restore(session: Session) -> keras.Model:
         else:
             model = build_model(config, seed=config.seed)
             compile_model(model, config, session.steps, session.settings.jit_compile)
-    # Keras turns XLA off for layers without an XLA kernel: report what it kept.
+    # Keras turns XLA off for layers without an XLA kernel: record and report what it kept.
+    session.settings = dataclasses.replace(session.settings, jit_compile=bool(model.jit_compile))
     session.console.line(
         f"model: {model.count_params():,} parameters; XLA {'on' if model.jit_compile else 'off'}"
     )

@@ -82,7 +82,7 @@ def test_further_options():
     config = parse_args(
         "--data_dir d --batch_size 32 --learning_rate 0.01 --seed 3 --run_name r --layer conv "
         "--max_train_examples 100 --max_test_examples 50 --quiet --resume --distribute mirrored "
-        "--log_verbosity 3 --lr_decay 1 --precision float32 --jit_compile off --max_shift 0".split()
+        "--log_verbosity 3 --lr_decay 1 --precision float32 --jit_compile on --max_shift 0".split()
     )
     assert (config.data_dir, config.batch_size, config.learning_rate, config.seed) == (
         "d",
@@ -129,6 +129,7 @@ REFUSALS = [
     (["--n_centroids", "5000"], "argument --n_centroids: must be >= 1 and <= 1024"),
     (["--centroid_grid", "40", "2"], "argument --centroid_grid: must be >= 1 and <= 32"),
     (["--jit_compile", "auto"], "invalid choice: 'auto'"),
+    (["--jit_compile", "on"], "--jit_compile on needs --max_shift 0"),
     (["--kcp_init", "zeros"], "invalid choice: 'zeros'"),
     (["--unknown_flag"], "unrecognized arguments: --unknown_flag"),
 ]
