@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 PROG = "swsl-train"
 MAX_COLORS = 12
-LAYERS = ("sws", "conv")
+LAYERS = ("sws", "conv", "local")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT = ("auto", "on", "off")
@@ -56,6 +56,7 @@ class Config:
     deterministic: bool | None = None
     run_name: str | None = None
     layer: str = "sws"
+    kcp_init: str = "independent"
     max_train_examples: int | None = None
     max_test_examples: int | None = None
     quiet: bool = False
