@@ -5,11 +5,16 @@ package (as `swsl-train --help` does) does not load Keras or TensorFlow.
 """
 
 __version__ = "0.1.0"
-__all__ = ["SoftWeightSharingConv2D", "LocalResponseNormalization", "__version__"]
+__all__ = [
+    "SoftWeightSharingConv2D",
+    "LocallyConnected2D",
+    "LocalResponseNormalization",
+    "__version__",
+]
 
 
 def __getattr__(name):
-    if name in ("SoftWeightSharingConv2D", "LocalResponseNormalization"):
+    if name in ("SoftWeightSharingConv2D", "LocallyConnected2D", "LocalResponseNormalization"):
         from swsl_cli import layers
 
         return getattr(layers, name)

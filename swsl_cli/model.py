@@ -5,7 +5,11 @@ from __future__ import annotations
 import keras
 
 from swsl_cli.config import Config
-from swsl_cli.layers import LocalResponseNormalization, SoftWeightSharingConv2D
+from swsl_cli.layers import (
+    LocallyConnected2D,
+    LocalResponseNormalization,
+    SoftWeightSharingConv2D,
+)
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -20,6 +24,10 @@ def _conv(config: Config, index: int, filters: int, kernel_size: int, seed: int)
         return keras.layers.Conv2D(
             filters, kernel_size, padding="same", activation="relu", name=name
         )
+    if config.layer == "local":
+        return LocallyConnected2D(
+            filters, kernel_size, padding="same", activation="relu", name=f"local{index + 1}"
+        )
     return SoftWeightSharingConv2D(
         filters,
         kernel_size,
@@ -28,6 +36,7 @@ def _conv(config: Config, index: int, filters: int, kernel_size: int, seed: int)
         activation="relu",
         centroids_trainable=config.centroids_trainable,
         per_feature=True,
+        kcp_init=config.kcp_init,
         seed=seed + index,
         name=name,
     )
