@@ -103,7 +103,7 @@ def test_gradients_match_numpy(padding, strides):
     def loss(inputs, kernel, bias):
         # The layer's own computation with the weights as arguments, so autodiff sees them.
         stateless = layer.stateless_call([kernel, bias], [], inputs)[0]
-        return ops.sum(stateless * upstream)
+        return ops.sum(ops.multiply(stateless, ops.convert_to_tensor(upstream)))
 
     got = gradients(loss, [x, kernel, ops.convert_to_numpy(layer.bias)])
     expected = reference.locally_connected_gradients(x, kernel, upstream, strides, padding)
