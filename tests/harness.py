@@ -16,6 +16,8 @@ def run_layer_test(layer_cls, **kwargs) -> None:
     """Runs the harness on `layer_cls`; no layer of this package draws random numbers in `call`."""
     kwargs.setdefault("expected_num_seed_generators", 0)
     with warnings.catch_warnings():
-        # The harness fits on a generator with fit's default shuffle=True.
+        # The harness fits on a generator with fit's default shuffle=True, and
+        # fits weightless layers (LRN) too.
         warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+        warnings.filterwarnings("ignore", message="The model does not have any trainable weights")
         TestCase("run_layer_test").run_layer_test(layer_cls, **kwargs)

@@ -452,6 +452,13 @@ def test_local_kernels_are_the_mixed_kernels_the_visualizer_draws(implementation
         (dict(centroids=(2, 1), strides=(2, 1), padding="valid", use_bias=False), 1, 2),
         (dict(centroids=(2, 2), kcp_init="shared", implementation="local"), 2, 2),
     ],
+    ids=[
+        "fixed-grid",
+        "trainable-sigma-per-feature",
+        "random-conv",
+        "valid-strided-no-bias",
+        "shared-init",
+    ],
 )
 def test_keras_layer_harness(kwargs, trainable, non_trainable):
     run_layer_test(
