@@ -156,9 +156,9 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
     >>> x = np.random.rand(4, 28, 28, 1).astype("float32")
     >>> layer = SoftWeightSharingConv2D(24, 7, centroids=(3, 3),
     ...                                 centroids_trainable=True)
-    >>> layer(x).shape
+    >>> tuple(layer(x).shape)
     (4, 28, 28, 24)
-    >>> layer.similarity_map().shape
+    >>> tuple(layer.similarity_map().shape)
     (28, 28, 1, 9)
     >>> layer.local_kernels().shape
     (28, 28, 7, 7, 1, 24)

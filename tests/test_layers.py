@@ -4,6 +4,7 @@ Uses only keras and numpy, so it runs on every backend: `make test` runs it
 under TensorFlow, and again under `KERAS_BACKEND=torch` and `KERAS_BACKEND=jax`.
 """
 
+import doctest
 import json
 
 import keras
@@ -469,3 +470,12 @@ def test_keras_layer_harness(kwargs, trainable, non_trainable):
         expected_num_trainable_weights=trainable,
         expected_num_non_trainable_weights=non_trainable,
     )
+
+
+def test_docstring_example_runs():
+    globs = {"np": np, "keras": keras, "SoftWeightSharingConv2D": SoftWeightSharingConv2D}
+    # The class docstring's example; the methods' docstrings have none.
+    (test,) = [
+        t for t in doctest.DocTestFinder().find(SoftWeightSharingConv2D, globs=globs) if t.examples
+    ]
+    assert doctest.DocTestRunner().run(test).failed == 0

@@ -4,6 +4,7 @@ Uses only keras and numpy (tf_keras where installed), so it runs on every
 backend: `make test` runs it under TensorFlow, torch and JAX.
 """
 
+import doctest
 import json
 
 import keras
@@ -287,3 +288,12 @@ def test_same_weights_give_keras2_locally_connected2d_outputs(implementation, st
     np.testing.assert_allclose(
         ops.convert_to_numpy(ours(x)), theirs(x).numpy(), rtol=1e-5, atol=1e-5
     )
+
+
+def test_docstring_example_runs():
+    globs = {"np": np, "keras": keras, "LocallyConnected2D": LocallyConnected2D}
+    # The class docstring's example; the methods' docstrings have none.
+    (test,) = [
+        t for t in doctest.DocTestFinder().find(LocallyConnected2D, globs=globs) if t.examples
+    ]
+    assert doctest.DocTestRunner().run(test).failed == 0
