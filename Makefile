@@ -13,13 +13,21 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
-	# CPU build of PyTorch, for running the layer tests on a second Keras backend.
+	# CPU builds of PyTorch and JAX, for running the layer tests on the other Keras backends.
 	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q "jax==0.10.2"
+
+LAYER_TESTS := tests/test_layers.py tests/test_locally_connected.py tests/test_lrn.py \
+	tests/test_visualize.py
 
 test:
 	SWSL_OFFLINE=1 $(BIN)/python -m pytest -q -W ignore::DeprecationWarning
 	SWSL_OFFLINE=1 KERAS_BACKEND=torch $(BIN)/python -m pytest -q -W ignore::DeprecationWarning \
-		tests/test_layers.py tests/test_visualize.py
+		$(LAYER_TESTS)
+	# JAX compiles every eager op per shape; unoptimised XLA code compiles ~3x faster
+	# and is plenty for these small tensors.
+	SWSL_OFFLINE=1 KERAS_BACKEND=jax JAX_PLATFORMS=cpu XLA_FLAGS=--xla_backend_optimization_level=0 \
+		$(BIN)/python -m pytest -q -W ignore::DeprecationWarning $(LAYER_TESTS)
 
 lint:
 	$(BIN)/ruff check swsl_cli tests benchmarks

@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from swsl_cli import data, train  # noqa: E402
 from swsl_cli.config import Config  # noqa: E402
-from swsl_cli.layers import SoftWeightSharingConv2D  # noqa: E402
+from swsl_cli.layers import LocallyConnected2D, SoftWeightSharingConv2D  # noqa: E402
 from swsl_cli.model import build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,11 +80,14 @@ def layer_step_ms(
     """Forward + backward time of one layer, as the model trains it.
 
     `implementation` is an SWS implementation (2x2 trainable per-feature
-    centroids) or `"Conv2D"` for the baseline. The input gradient is taken only
-    where the model needs it (not for the first layer).
+    centroids), `"LocallyConnected2D"`, or `"Conv2D"` for the baseline. The
+    input gradient is taken only where the model needs it (not for the first
+    layer).
     """
     if implementation == "Conv2D":
         layer = keras.layers.Conv2D(filters, kernel, padding="same")
+    elif implementation == "LocallyConnected2D":
+        layer = LocallyConnected2D(filters, kernel, padding="same")
     else:
         layer = SoftWeightSharingConv2D(
             filters,
@@ -197,7 +200,7 @@ def main() -> int:
         ("sws1", (64, 28, 28, 1), 24, 7, False),
         ("sws2", (64, 14, 14, 24), 48, 3, True),
     ):
-        for implementation in ("conv", "local", "Conv2D"):
+        for implementation in ("conv", "local", "LocallyConnected2D", "Conv2D"):
             add(
                 f"{name} layer fwd+bwd, {implementation}",
                 layer_step_ms(implementation, shape, filters, kernel, input_gradient),

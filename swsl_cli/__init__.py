@@ -11,8 +11,8 @@ import os
 import sys
 
 __version__ = "0.2.0"
-__all__ = ["SoftWeightSharingConv2D", "LocalResponseNormalization", "__version__"]
-LAYER_NAMES = ("SoftWeightSharingConv2D", "LocalResponseNormalization")
+LAYER_NAMES = ("SoftWeightSharingConv2D", "LocallyConnected2D", "LocalResponseNormalization")
+__all__ = ["SoftWeightSharingConv2D", "LocallyConnected2D", "LocalResponseNormalization", "__version__"]
 
 
 def _started_as_command() -> bool:
@@ -32,4 +32,8 @@ def __getattr__(name):
 
 
 if not _started_as_command():
-    from swsl_cli.layers import LocalResponseNormalization, SoftWeightSharingConv2D  # noqa: E402
+    from swsl_cli.layers import (  # noqa: E402
+        LocallyConnected2D,
+        LocalResponseNormalization,
+        SoftWeightSharingConv2D,
+    )

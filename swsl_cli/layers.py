@@ -1,37 +1,38 @@
 """The spatial interpolation soft weight sharing (SISWS) convolution layer.
 
 Only `keras.ops` is used here, so the layers run on the TensorFlow, JAX and
-PyTorch backends alike.
+PyTorch backends alike. The package's other layers, `LocallyConnected2D`
+(`swsl_cli.locally_connected`) and `LocalResponseNormalization`
+(`swsl_cli.lrn`), are importable from here too.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import keras
 import numpy as np
 from keras import ops
 
+from swsl_cli.local_conv import (
+    CellPatches,
+    conv_output_size,
+    positive_pair,
+    standardize_padding,
+)
+from swsl_cli.locally_connected import LocallyConnected2D
+from swsl_cli.lrn import LocalResponseNormalization
+
+__all__ = [
+    "LocallyConnected2D",
+    "LocalResponseNormalization",
+    "SoftWeightSharingConv2D",
+    "centroid_count",
+    "grid_centroids",
+    "similarity_from_distance",
+]
+
 SIMILARITIES = ("exp", "inv_euclidean")
-PADDINGS = ("same", "valid")
 IMPLEMENTATIONS = ("auto", "conv", "local")
-
-
-def _positive_pair(value, name: str) -> tuple[int, int]:
-    """Normalises an int or a pair of ints to a pair of positive ints."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else value
-    if (
-        isinstance(value, bool)
-        or not isinstance(pair, Sequence)
-        or len(pair) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair)
-        or min(pair) < 1
-    ):
-        raise ValueError(
-            f"Expected `{name}` to be a positive int or a pair of positive ints. "
-            f"Received {name}={value!r}."
-        )
-    return int(pair[0]), int(pair[1])
+KCP_INITS = ("independent", "shared")
 
 
 def centroid_count(centroids) -> int:
@@ -49,13 +50,6 @@ def grid_centroids(rows: int, cols: int, scaling: float = 1.0) -> np.ndarray:
     xs = np.linspace(scaling / (1 + cols), scaling - scaling / (1 + cols), cols)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     return np.stack([yy.ravel(), xx.ravel()], axis=-1).astype("float32")
-
-
-def conv_output_length(length: int, kernel: int, stride: int, padding: str) -> int:
-    """Spatial output length of a convolution, as `keras.layers.Conv2D` computes it."""
-    if padding == "same":
-        return (length + stride - 1) // stride
-    return (length - kernel) // stride + 1
 
 
 def similarity_from_distance(squared: keras.KerasTensor, similarity: str, normalize: bool):
@@ -117,8 +111,9 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         sigma_trainable: bool or None, whether the Sigma matrices are learned;
             `None` follows `centroids_trainable`.
         per_feature: bool, give every output filter its own centroids and
-            Sigmas. A fixed grid is the same for every filter, so with
-            `centroids_trainable=False` a grid collapses to shared centroids.
+            Sigmas. A grid with fixed centroids and fixed Sigmas would be the
+            same for every filter, so then (and only then) it collapses to
+            shared centroids.
         local_normalization: bool, normalise the similarities to sum to 1
             over the KCPs at every cell.
         similarity: `"exp"` or `"inv_euclidean"`.
@@ -126,6 +121,11 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
             `scaling * I`.
         kernel_initializer: initializer of the stacked kernel.
         bias_initializer: initializer of the stacked bias.
+        kcp_init: `"independent"` draws every KCP's kernel and bias on its
+            own; `"shared"` draws one `(kh, kw, in_channels, filters)` kernel
+            and one `(filters,)` bias and gives every KCP a copy, so with
+            `local_normalization` the layer starts as exactly that `Conv2D`
+            and learns where to specialise.
         seed: int or None, the seed of random centroid placement.
         implementation: `"conv"` runs one convolution with `filters * S`
             outputs and mixes its channels per cell; `"local"` mixes the
@@ -156,10 +156,12 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
     >>> x = np.random.rand(4, 28, 28, 1).astype("float32")
     >>> layer = SoftWeightSharingConv2D(24, 7, centroids=(3, 3),
     ...                                 centroids_trainable=True)
-    >>> layer(x).shape
+    >>> tuple(layer(x).shape)
     (4, 28, 28, 24)
-    >>> layer.similarity_map().shape
+    >>> tuple(layer.similarity_map().shape)
     (28, 28, 1, 9)
+    >>> layer.local_kernels().shape
+    (28, 28, 7, 7, 1, 24)
     """
 
     def __init__(
@@ -179,6 +181,7 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         scaling: float = 1.0,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        kcp_init: str = "independent",
         seed: int | None = None,
         implementation: str = "auto",
         **kwargs,
@@ -187,25 +190,22 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters < 1:
             raise ValueError(f"Expected a strictly positive value. Received filters={filters!r}.")
         self.filters = int(filters)
-        self.kernel_size = _positive_pair(kernel_size, "kernel_size")
-        self.strides = _positive_pair(strides, "strides")
+        self.kernel_size = positive_pair(kernel_size, "kernel_size")
+        self.strides = positive_pair(strides, "strides")
         self.centroids = self._standardize_centroids(centroids)
-        self.padding = str(padding).lower()
-        if self.padding not in PADDINGS:
-            raise ValueError(f"Expected `padding` in {PADDINGS}. Received padding={padding!r}.")
-        if similarity not in SIMILARITIES:
-            raise ValueError(
-                f"Expected `similarity` in {SIMILARITIES}. Received similarity={similarity!r}."
-            )
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"Expected `implementation` in {IMPLEMENTATIONS}. "
-                f"Received implementation={implementation!r}."
-            )
+        self.padding = standardize_padding(padding)
+        for name, value, choices in (
+            ("similarity", similarity, SIMILARITIES),
+            ("implementation", implementation, IMPLEMENTATIONS),
+            ("kcp_init", kcp_init, KCP_INITS),
+        ):
+            if value not in choices:
+                raise ValueError(f"Expected `{name}` in {choices}. Received {name}={value!r}.")
         if not scaling > 0:
             raise ValueError(f"Expected a strictly positive value. Received scaling={scaling!r}.")
         self.similarity = similarity
         self.implementation = implementation
+        self.kcp_init = kcp_init
         self.scaling = float(scaling)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
@@ -213,8 +213,10 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         self.sigma_trainable = (
             self.centroids_trainable if sigma_trainable is None else bool(sigma_trainable)
         )
-        grid = not isinstance(self.centroids, int)
-        self.per_feature = bool(per_feature) and not (grid and not self.centroids_trainable)
+        fixed_grid = not (
+            isinstance(self.centroids, int) or self.centroids_trainable or self.sigma_trainable
+        )
+        self.per_feature = bool(per_feature) and not fixed_grid
         self.local_normalization = bool(local_normalization)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -224,20 +226,19 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
 
     @staticmethod
     def _standardize_centroids(centroids):
+        """An int >= 1 (random centroids) or a pair of positive ints (a grid)."""
         if isinstance(centroids, (int, np.integer)) and not isinstance(centroids, bool):
-            if centroids < 1:
-                raise ValueError(
-                    "Expected `centroids` to be an int >= 1 or a pair of positive ints. "
-                    f"Received centroids={centroids!r}."
-                )
-            return int(centroids)
-        try:
-            return _positive_pair(centroids, "centroids")
-        except ValueError:
-            raise ValueError(
-                "Expected `centroids` to be an int >= 1 or a pair of positive ints. "
-                f"Received centroids={centroids!r}."
-            ) from None
+            if centroids >= 1:
+                return int(centroids)
+        else:
+            try:
+                return positive_pair(centroids, "centroids")
+            except ValueError:
+                pass
+        raise ValueError(
+            "Expected `centroids` to be an int >= 1 or a pair of positive ints. "
+            f"Received centroids={centroids!r}."
+        )
 
     @property
     def groups(self) -> int:
@@ -251,10 +252,7 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
                 "SoftWeightSharingConv2D needs static rows, cols and channels, since its "
                 f"similarity map depends on the output size. Received input_shape={input_shape}."
             )
-        self.output_rows, self.output_cols = (
-            conv_output_length(n, k, s, self.padding)
-            for n, k, s in zip((rows, cols), self.kernel_size, self.strides)
-        )
+        self.output_rows, self.output_cols = self.compute_output_shape(input_shape)[1:3]
         if min(self.output_rows, self.output_cols) < 1:
             raise ValueError(
                 f"Input {rows}x{cols} is smaller than kernel_size={self.kernel_size} "
@@ -267,15 +265,25 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
             < 2 * self.filters * self.n_centroids
         )
         if self.uses_local:
-            self._patch_padding, self._patch_indices = self._patch_rows(rows, cols)
+            self._cell_patches = CellPatches(
+                (rows, cols),
+                (self.output_rows, self.output_cols),
+                self.kernel_size,
+                self.strides,
+                self.padding,
+            )
         stacked = self.filters * self.n_centroids
         self.kernel = self.add_weight(
             name="kernel",
             shape=(*self.kernel_size, channels, stacked),
-            initializer=self.kernel_initializer,
+            initializer=self._kcp_initializer(self.kernel_initializer),
         )
         self.bias = (
-            self.add_weight(name="bias", shape=(stacked,), initializer=self.bias_initializer)
+            self.add_weight(
+                name="bias",
+                shape=(stacked,),
+                initializer=self._kcp_initializer(self.bias_initializer),
+            )
             if self.use_bias
             else None
         )
@@ -297,6 +305,18 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
             dtype="float32",
             autocast=False,
         )
+
+    def _kcp_initializer(self, initializer):
+        """`initializer` for the stacked weight, or one draw copied to every KCP ("shared")."""
+        if self.kcp_init == "independent":
+            return initializer
+
+        def shared(shape, dtype=None):
+            # Channel f * S + s is filter f of KCP s: repeat each filter S times.
+            one = initializer((*shape[:-1], self.filters), dtype=dtype)
+            return ops.repeat(one, self.n_centroids, axis=-1)
+
+        return shared
 
     def _centroid_initializer(self):
         if isinstance(self.centroids, int):
@@ -337,90 +357,62 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         return similarity_from_distance(squared, self.similarity, self.local_normalization)
 
     def call(self, inputs):
-        weights = ops.cast(self.similarity_map(), self.compute_dtype)
+        coefficients = ops.cast(self.similarity_map(), self.compute_dtype)
         if self.uses_local:
-            outputs = self._mix_locally(inputs, weights)
+            outputs = self._cell_patches.apply(inputs, self._cell_kernels(coefficients))
         else:
-            outputs = self._mix_convolutions(inputs, weights)
+            outputs = self._mix_convolutions(inputs, coefficients)
         if self.use_bias:
             bias = ops.reshape(self.bias, (self.filters, self.n_centroids))
-            outputs = outputs + ops.sum(weights * bias, axis=-1)
+            outputs = outputs + ops.sum(coefficients * bias, axis=-1)
         return self.activation(outputs)
 
-    def _mix_convolutions(self, inputs, weights):
+    def _mix_convolutions(self, inputs, coefficients):
         """One convolution with `filters * S` outputs, mixed per cell over S."""
         stacked = ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding)
         stacked = ops.reshape(
             stacked, (-1, self.output_rows, self.output_cols, self.filters, self.n_centroids)
         )
-        return ops.sum(stacked * weights, axis=-1)
+        return ops.sum(stacked * coefficients, axis=-1)
 
-    def _patch_rows(self, rows: int, cols: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
-        """Padding and gather indices of every output cell's receptive field.
-
-        Computed once, in `build`. Returns the `(top, bottom, left, right)` padding of the input and, for
-        cell `p` and kernel tap `t = (ti, tj)` in order, the flat index
-        `row * padded_cols + col` of the padded input pixel under that tap:
-        shape `(H'W' * kh * kw,)`.
-        """
-        (kh, kw), (sh, sw) = self.kernel_size, self.strides
-        pads = [0, 0]
-        if self.padding == "same":
-            for axis, (n, out, k, s) in enumerate(
-                ((rows, self.output_rows, kh, sh), (cols, self.output_cols, kw, sw))
-            ):
-                pads[axis] = max((out - 1) * s + k - n, 0)
-        padding = (pads[0] // 2, pads[0] - pads[0] // 2, pads[1] // 2, pads[1] - pads[1] // 2)
-        i = np.arange(self.output_rows)[:, None, None, None] * sh + np.arange(kh)[:, None]
-        j = np.arange(self.output_cols)[:, None, None] * sw + np.arange(kw)
-        return padding, (i * (cols + pads[1]) + j).reshape(-1).astype("int32")
-
-    def _mix_locally(self, inputs, weights):
-        """Mix the kernels per cell, then apply them to the input's patches.
-
-        The input is laid out `(rows, cols, channels, batch)`, so gathering
-        the receptive fields gives the patches as `(H'W', K, B)` with no copy
-        of the big patch tensor, and the per-cell products are one batched
-        matmul. The gather's gradient is a segment sum, several times cheaper
-        than the gradient of an image-patch extraction (README, benchmarks).
-        """
-        rows, cols, channels = inputs.shape[1:]
-        top, bottom, left, right = self._patch_padding
+    def _cell_kernels(self, coefficients):
+        """`sum_s S_s(i, j) W_s` for every cell: `(H'W', filters, kh * kw * in_channels)`."""
         cells = self.output_rows * self.output_cols
-        patch_size = self.kernel_size[0] * self.kernel_size[1] * channels
-        pixels = ops.pad(
-            ops.transpose(inputs, (1, 2, 3, 0)), ((top, bottom), (left, right), (0, 0), (0, 0))
-        )
-        pixels = ops.reshape(pixels, ((rows + top + bottom) * (cols + left + right), -1))
-        patches = ops.reshape(
-            ops.take(pixels, self._patch_indices, axis=0), (cells, patch_size, -1)
-        )
-        kernels = ops.reshape(self.kernel, (patch_size, self.filters, self.n_centroids))
-        weights = ops.reshape(
+        kernels = ops.reshape(self.kernel, (-1, self.filters, self.n_centroids))  # (K, F, S)
+        coefficients = ops.reshape(
             ops.broadcast_to(
-                weights, (self.output_rows, self.output_cols, self.filters, self.n_centroids)
+                coefficients, (self.output_rows, self.output_cols, self.filters, self.n_centroids)
             ),
             (cells, self.filters, self.n_centroids),
         )
-        # sum_s S[p, f, s] W[k, f, s] as F matmuls (P x S) @ (S x K): several times
-        # faster, forward and backward, than broadcasting a (P, F, S, K) product.
-        local_kernels = ops.matmul(
-            ops.transpose(weights, (1, 0, 2)), ops.transpose(kernels, (1, 2, 0))
+        # F matmuls (P x S) @ (S x K): several times faster, forward and
+        # backward, than broadcasting a (P, F, S, K) product.
+        mixed = ops.matmul(
+            ops.transpose(coefficients, (1, 0, 2)), ops.transpose(kernels, (1, 2, 0))
         )
-        local_kernels = ops.transpose(local_kernels, (1, 0, 2))  # (H'W', F, K)
-        outputs = ops.matmul(local_kernels, patches)  # (H'W', F, B)
-        outputs = ops.transpose(outputs, (2, 0, 1))
-        return ops.reshape(outputs, (-1, self.output_rows, self.output_cols, self.filters))
+        return ops.transpose(mixed, (1, 0, 2))
 
     def kcp_kernels(self) -> np.ndarray:
         """The KCPs' kernels as numpy, shape `(kh, kw, in_channels, filters, S)`."""
         kernel = ops.convert_to_numpy(self.kernel)
         return kernel.reshape(*kernel.shape[:3], self.filters, self.n_centroids)
 
+    def local_kernels(self) -> np.ndarray:
+        """The kernel seen at every output cell, `sum_s S_s(i, j) W_s`, as numpy.
+
+        Shape `(H', W', kh, kw, in_channels, filters)`: `local_kernels()[i, j]`
+        is a `Conv2D` kernel, laid out as `LocallyConnected2D.kernel`.
+        """
+        coefficients = ops.cast(self.similarity_map(), self.kernel.dtype)
+        kernels = ops.convert_to_numpy(self._cell_kernels(coefficients))
+        kernels = kernels.reshape(
+            self.output_rows, self.output_cols, self.filters, *self.kernel_size, -1
+        )
+        return kernels.transpose(0, 1, 3, 4, 5, 2)
+
     def compute_output_shape(self, input_shape):
-        rows, cols = (
-            conv_output_length(n, k, s, self.padding)
-            for n, k, s in zip(input_shape[1:3], self.kernel_size, self.strides)
+        rows, cols = conv_output_size(
+            input_shape[1:3], self.kernel_size, self.strides, self.padding
         )
         return (input_shape[0], rows, cols, self.filters)
 
@@ -443,77 +435,9 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
                 "scaling": self.scaling,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kcp_init": self.kcp_init,
                 "seed": self.seed,
                 "implementation": self.implementation,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("centroids"), list):
-            config["centroids"] = tuple(config["centroids"])
-        return cls(**config)
-
-
-@keras.saving.register_keras_serializable(package="swsl_cli")
-class LocalResponseNormalization(keras.layers.Layer):
-    """Local response normalisation across channels, as `tf.nn.local_response_normalization`.
-
-    `y = x / (bias + alpha * sum_{|d' - d| <= depth_radius} x[..., d']^2) ** beta`.
-    Keras has no such layer; this one uses `keras.ops` so it runs on every
-    backend. Defaults are tflearn's (`depth_radius=5, bias=1, alpha=1e-4,
-    beta=0.75`), which the original network used.
-
-    Args:
-        depth_radius: int, half-width of the channel window.
-        bias: float, offset (usually positive to avoid dividing by 0).
-        alpha: float, scale of the squared sum.
-        beta: float, exponent.
-
-    Input shape:
-        Any tensor with channels last.
-
-    Output shape:
-        Same as input.
-    """
-
-    def __init__(self, depth_radius=5, bias=1.0, alpha=1e-4, beta=0.75, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(depth_radius, int) or depth_radius < 0:
-            raise ValueError(
-                f"Expected a non-negative int. Received depth_radius={depth_radius!r}."
-            )
-        self.depth_radius = depth_radius
-        self.bias = float(bias)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-
-    def build(self, input_shape):
-        # The window sum over channels is a matmul with a 0/1 band matrix, and
-        # the power goes through exp/log: both several times faster, forward
-        # and backward, than shifted slices and `power` (benchmarks/bench.py).
-        offsets = np.arange(input_shape[-1])
-        self._band = (np.abs(offsets[:, None] - offsets) <= self.depth_radius).astype("float32")
-
-    def call(self, inputs):
-        squares = ops.square(ops.cast(inputs, "float32"))
-        window = ops.matmul(squares, ops.convert_to_tensor(self._band))
-        scale = ops.exp(-self.beta * ops.log(self.bias + self.alpha * window))
-        return inputs * ops.cast(scale, inputs.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "depth_radius": self.depth_radius,
-                "bias": self.bias,
-                "alpha": self.alpha,
-                "beta": self.beta,
             }
         )
         return config

@@ -7,7 +7,11 @@ import math
 import keras
 
 from swsl_cli.config import Config
-from swsl_cli.layers import LocalResponseNormalization, SoftWeightSharingConv2D
+from swsl_cli.layers import (
+    LocallyConnected2D,
+    LocalResponseNormalization,
+    SoftWeightSharingConv2D,
+)
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -22,6 +26,10 @@ def _conv(config: Config, index: int, filters: int, kernel_size: int, seed: int)
         return keras.layers.Conv2D(
             filters, kernel_size, padding="same", activation="relu", name=name
         )
+    if config.layer == "local":
+        return LocallyConnected2D(
+            filters, kernel_size, padding="same", activation="relu", name=f"local{index + 1}"
+        )
     return SoftWeightSharingConv2D(
         filters,
         kernel_size,
@@ -30,6 +38,7 @@ def _conv(config: Config, index: int, filters: int, kernel_size: int, seed: int)
         activation="relu",
         centroids_trainable=config.centroids_trainable,
         per_feature=True,
+        kcp_init=config.kcp_init,
         seed=seed + index,
         name=name,
     )
@@ -83,12 +92,11 @@ def sws_layers(model: keras.Model) -> list[SoftWeightSharingConv2D]:
 
 
 def parameter_counts(model: keras.Model) -> dict[str, int]:
-    """Trainable and total parameters of every layer that has weights, and of the model."""
+    """Parameters of every layer that has weights, and the model's `total`."""
     counts = {
-        layer.name: sum(math.prod(w.shape) for w in layer.trainable_weights)
+        layer.name: sum(math.prod(w.shape) for w in layer.weights)
         for layer in model.layers
         if layer.weights
     }
-    counts["trainable"] = sum(counts.values())
-    counts["total"] = int(model.count_params())
+    counts["total"] = sum(counts.values())
     return counts

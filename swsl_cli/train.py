@@ -357,8 +357,11 @@ def build_or_restore(session: Session) -> keras.Model:
             compile_model(model, config, session.steps, session.settings.jit_compile)
     # Keras turns XLA off for layers without an XLA kernel: record and report what it kept.
     session.settings = dataclasses.replace(session.settings, jit_compile=bool(model.jit_compile))
+    counts = parameter_counts(model)
+    layers = ", ".join(f"{name} {count:,}" for name, count in counts.items() if name != "total")
     session.console.line(
-        f"model: {model.count_params():,} parameters; XLA {'on' if model.jit_compile else 'off'}"
+        f"model: {counts['total']:,} parameters ({layers}); "
+        f"XLA {'on' if model.jit_compile else 'off'}"
     )
     return model
 

@@ -72,3 +72,70 @@ def sisws(
         for s in range(count):
             out[..., f] += sims[:, :, g, s] * conv[..., f * count + s]
     return activation(out)
+
+
+def locally_connected(x, kernel, bias, strides, padding):
+    """Unshared-weight 2D layer, NHWC: a `(H', W', kh, kw, C, F)` kernel, `(H', W', F)` bias.
+
+    Each output cell is the dot product of its own kernel with the input
+    window under it, the input padded as Keras's Conv2D pads (odd pixel at
+    the bottom and right for "same").
+    """
+    _, rows, cols, _ = x.shape
+    out_rows, out_cols, kh, kw = kernel.shape[:4]
+    (sh, sw) = strides
+    if padding == "same":
+        pad_rows = max((out_rows - 1) * sh + kh - rows, 0)
+        pad_cols = max((out_cols - 1) * sw + kw - cols, 0)
+        x = np.pad(
+            x,
+            [
+                (0, 0),
+                (pad_rows // 2, pad_rows - pad_rows // 2),
+                (pad_cols // 2, pad_cols - pad_cols // 2),
+                (0, 0),
+            ],
+        )
+    x = x.astype(np.float64)
+    out = np.zeros((x.shape[0], out_rows, out_cols, kernel.shape[-1]))
+    for i in range(out_rows):
+        for j in range(out_cols):
+            window = x[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :]
+            out[:, i, j] = np.tensordot(window, kernel[i, j], axes=([1, 2, 3], [0, 1, 2]))
+    return out + (0 if bias is None else bias)
+
+
+def locally_connected_gradients(x, kernel, upstream, strides, padding):
+    """Gradients of `sum(locally_connected(x, kernel, bias) * upstream)`: input, kernel, bias."""
+    _, rows, cols, _ = x.shape
+    out_rows, out_cols, kh, kw = kernel.shape[:4]
+    (sh, sw) = strides
+    top = left = 0
+    if padding == "same":
+        top = max((out_rows - 1) * sh + kh - rows, 0) // 2
+        left = max((out_cols - 1) * sw + kw - cols, 0) // 2
+    # Zeros wherever a window reaches past the input (the padding).
+    padded_rows = max(top + rows, (out_rows - 1) * sh + kh)
+    padded_cols = max(left + cols, (out_cols - 1) * sw + kw)
+    x_pad = np.zeros((x.shape[0], padded_rows, padded_cols, x.shape[3]))
+    x_pad[:, top : top + rows, left : left + cols] = x
+    d_pad = np.zeros_like(x_pad)
+    d_kernel = np.zeros(kernel.shape)
+    for i in range(out_rows):
+        for j in range(out_cols):
+            rs, cs = slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw)
+            g = upstream[:, i, j].astype(np.float64)  # (batch, F)
+            d_kernel[i, j] = np.tensordot(x_pad[:, rs, cs], g, axes=([0], [0]))
+            d_pad[:, rs, cs] += np.tensordot(g, kernel[i, j], axes=([1], [3]))
+    d_inputs = d_pad[:, top : top + rows, left : left + cols]
+    return d_inputs, d_kernel, upstream.sum(0)
+
+
+def local_response_normalization(x, radius=5, bias=1.0, alpha=1e-4, beta=0.75):
+    """`x / (bias + alpha * sum of x^2 over channels d - radius .. d + radius) ** beta`."""
+    squares = np.square(x.astype(np.float64))
+    channels = x.shape[-1]
+    window = np.stack(
+        [squares[..., max(0, d - radius) : d + radius + 1].sum(-1) for d in range(channels)], -1
+    )
+    return x / (bias + alpha * window) ** beta

@@ -1,27 +1,30 @@
-"""SoftWeightSharingConv2D and LocalResponseNormalization against numpy references.
+"""SoftWeightSharingConv2D against a numpy reference, Conv2D, and Keras's layer harness.
 
 Uses only keras and numpy, so it runs on every backend: `make test` runs it
-under TensorFlow and again under `KERAS_BACKEND=torch`.
+under TensorFlow, and again under `KERAS_BACKEND=torch` and `KERAS_BACKEND=jax`.
 """
+
+import doctest
+import json
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from swsl_cli import LocalResponseNormalization, SoftWeightSharingConv2D
+from swsl_cli import LocalResponseNormalization, SoftWeightSharingConv2D, visualize
 from swsl_cli.layers import grid_centroids
 from tests import reference
-
-RNG = np.random.default_rng(42)
+from tests.harness import run_layer_test
 
 
 def built_layer(input_shape, randomize_sigma=True, **kwargs):
+    rng = np.random.default_rng(1)
     layer = SoftWeightSharingConv2D(bias_initializer="random_normal", **kwargs)
     layer.build(input_shape)
     if randomize_sigma:
         # A non-identity Sigma checks the order of Sigma @ (c - p).
-        sigma = np.eye(2) * 1.5 + RNG.normal(0, 0.5, layer.sigma.shape)
+        sigma = np.eye(2) * 1.5 + rng.normal(0, 0.5, layer.sigma.shape)
         layer.sigma.assign(sigma.astype("float32"))
     return layer
 
@@ -65,7 +68,8 @@ CASES = {
 @pytest.mark.parametrize("implementation", ["conv", "local", "auto"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_numpy_reference(case, implementation):
-    x = RNG.random((2, 9, 8, 3)).astype("float32")
+    rng = np.random.default_rng(2)
+    x = rng.random((2, 9, 8, 3)).astype("float32")
     layer = built_layer(
         x.shape, filters=4, kernel_size=3, implementation=implementation, **CASES[case]
     )
@@ -76,7 +80,8 @@ def test_matches_numpy_reference(case, implementation):
 
 
 def test_activation_is_applied_after_mixing():
-    x = RNG.normal(size=(2, 6, 6, 2)).astype("float32")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 6, 6, 2)).astype("float32")
     layer = built_layer(x.shape, filters=3, kernel_size=3, activation="relu")
     expected = reference_output(layer, x, activation=lambda v: np.maximum(v, 0))
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), expected, rtol=1e-4, atol=1e-4)
@@ -133,8 +138,22 @@ def test_fixed_grid_collapses_per_feature_to_shared():
     assert random_layer.per_feature is True and random_layer.groups == 6
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(sigma_trainable=True), dict(centroids_trainable=True, sigma_trainable=False)],
+)
+def test_grid_with_a_trainable_part_keeps_per_feature(kwargs):
+    # Trainable Sigmas (or centroids) can differ per filter, so the grid must not collapse.
+    layer = SoftWeightSharingConv2D(6, 3, centroids=(2, 2), per_feature=True, **kwargs)
+    layer.build((1, 8, 8, 1))
+    assert layer.per_feature is True and layer.groups == 6
+    assert tuple(layer.sigma.shape) == (6, 4, 2, 2)
+    assert tuple(layer.centroid_positions.shape) == (6, 4, 2)
+
+
 def test_one_by_one_grid_equals_plain_convolution():
-    x = RNG.random((2, 7, 7, 2)).astype("float32")
+    rng = np.random.default_rng(4)
+    x = rng.random((2, 7, 7, 2)).astype("float32")
     layer = built_layer(x.shape, filters=3, kernel_size=3, centroids=(1, 1), randomize_sigma=False)
     conv = keras.layers.Conv2D(3, 3, padding="same")
     conv.build(x.shape)
@@ -145,18 +164,20 @@ def test_one_by_one_grid_equals_plain_convolution():
 
 
 def _one_sgd_step(layer, x):
+    rng = np.random.default_rng(5)
     model = keras.Sequential(
         [keras.Input(x.shape[1:]), layer, keras.layers.GlobalAveragePooling2D()]
     )
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
     before = {w.name: ops.convert_to_numpy(w).copy() for w in layer.weights}
-    model.train_on_batch(x, RNG.normal(size=(len(x), layer.filters)).astype("float32") * 10)
+    model.train_on_batch(x, rng.normal(size=(len(x), layer.filters)).astype("float32") * 10)
     return {w.name: not np.allclose(before[w.name], ops.convert_to_numpy(w)) for w in layer.weights}
 
 
 @pytest.mark.parametrize("similarity", ["exp", "inv_euclidean"])
 def test_gradients_reach_centroids_and_sigma_when_trainable(similarity):
-    x = RNG.random((4, 8, 8, 2)).astype("float32")
+    rng = np.random.default_rng(6)
+    x = rng.random((4, 8, 8, 2)).astype("float32")
     layer = SoftWeightSharingConv2D(
         3, 3, centroids=(2, 2), centroids_trainable=True, similarity=similarity
     )
@@ -167,7 +188,8 @@ def test_gradients_reach_centroids_and_sigma_when_trainable(similarity):
 
 
 def test_no_gradient_step_for_fixed_centroids_and_sigma():
-    x = RNG.random((4, 8, 8, 2)).astype("float32")
+    rng = np.random.default_rng(7)
+    x = rng.random((4, 8, 8, 2)).astype("float32")
     layer = SoftWeightSharingConv2D(3, 3, centroids=(2, 2))
     changed = _one_sgd_step(layer, x)
     assert changed == {"kernel": True, "bias": True, "centroids": False, "sigma": False}
@@ -181,8 +203,9 @@ def test_sigma_trainable_alone():
 
 
 def test_inv_euclidean_gradient_is_finite_when_a_centroid_sits_on_a_cell():
+    rng = np.random.default_rng(8)
     # A 2x2 grid on a 7x7 output puts centroids at 1/3 and 2/3, exactly on cells 2 and 4.
-    x = RNG.random((2, 7, 7, 1)).astype("float32")
+    x = rng.random((2, 7, 7, 1)).astype("float32")
     layer = SoftWeightSharingConv2D(
         2, 3, centroids=(2, 2), centroids_trainable=True, similarity="inv_euclidean"
     )
@@ -206,11 +229,17 @@ def test_config_round_trip():
         scaling=2.0,
         seed=3,
         implementation="local",
+        kcp_init="shared",
         name="sws",
     )
     config = layer.get_config()
-    clone = SoftWeightSharingConv2D.from_config(config)
+    assert SoftWeightSharingConv2D.from_config(config).get_config() == config
+    # Through JSON, as a .keras file stores it: the pairs come back as lists.
+    from_json = json.loads(json.dumps(config))
+    assert from_json["centroids"] == [3, 2]
+    clone = SoftWeightSharingConv2D.from_config(from_json)
     assert clone.get_config() == config
+    assert clone.centroids == (3, 2) and clone.n_centroids == 6
     for key, value in {
         "filters": 4,
         "kernel_size": (3, 5),
@@ -225,12 +254,14 @@ def test_config_round_trip():
         "scaling": 2.0,
         "seed": 3,
         "implementation": "local",
+        "kcp_init": "shared",
     }.items():
         assert config[key] == value, key
 
 
 def test_model_survives_save_and_load(tmp_path):
-    x = RNG.random((3, 12, 12, 1)).astype("float32")
+    rng = np.random.default_rng(9)
+    x = rng.random((3, 12, 12, 1)).astype("float32")
     inputs = keras.Input((12, 12, 1))
     hidden = SoftWeightSharingConv2D(
         4, 3, centroids=5, per_feature=True, centroids_trainable=True, activation="relu"
@@ -258,6 +289,8 @@ def test_model_survives_save_and_load(tmp_path):
         (dict(filters=2, kernel_size=3, padding="causal"), "padding='causal'"),
         (dict(filters=2, kernel_size=0), "kernel_size=0"),
         (dict(filters=2, kernel_size=3, scaling=0), "scaling=0"),
+        (dict(filters=2, kernel_size=3, kcp_init="same"), "kcp_init='same'"),
+        (dict(filters=2, kernel_size=3, implementation="fast"), "implementation='fast'"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, message):
@@ -278,7 +311,8 @@ def test_input_smaller_than_kernel_with_valid_padding_is_refused():
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_keeps_similarities_float32(policy):
-    x = RNG.random((2, 8, 8, 2)).astype("float32")
+    rng = np.random.default_rng(10)
+    x = rng.random((2, 8, 8, 2)).astype("float32")
     reference_layer = built_layer(x.shape, filters=3, kernel_size=3, centroids=(2, 2))
     expected = ops.convert_to_numpy(reference_layer(x))
     keras.mixed_precision.set_global_policy(policy)
@@ -297,28 +331,6 @@ def test_mixed_precision_keeps_similarities_float32(policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def numpy_lrn(x, radius=5, bias=1.0, alpha=1e-4, beta=0.75):
-    squares = np.square(x.astype(np.float64))
-    channels = x.shape[-1]
-    window = np.stack(
-        [squares[..., max(0, d - radius) : d + radius + 1].sum(-1) for d in range(channels)], -1
-    )
-    return x / (bias + alpha * window) ** beta
-
-
-@pytest.mark.parametrize("radius, alpha", [(5, 1e-4), (2, 0.5), (0, 1.0)])
-def test_local_response_normalization_matches_formula(radius, alpha):
-    x = RNG.normal(size=(2, 4, 4, 9)).astype("float32") * 3
-    layer = LocalResponseNormalization(depth_radius=radius, alpha=alpha)
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(layer(x)), numpy_lrn(x, radius, 1.0, alpha), rtol=1e-5
-    )
-    assert (
-        LocalResponseNormalization.from_config(layer.get_config()).get_config()
-        == layer.get_config()
-    )
-
-
 def test_auto_implementation_picks_local_unless_patches_are_large():
     first = SoftWeightSharingConv2D(24, 7, centroids=(2, 2))
     first.build((1, 28, 28, 1))  # a 49-value patch vs 96 stacked outputs
@@ -334,10 +346,11 @@ def test_auto_implementation_picks_local_unless_patches_are_large():
     [((3, 5), (2, 1), "same"), ((3, 5), (2, 1), "valid"), (4, 3, "same"), (1, 1, "same")],
 )
 def test_implementations_agree_in_outputs_and_gradients(kernel_size, strides, padding):
+    rng = np.random.default_rng(11)
     # A 1x1 convolution in front makes the SWS layer's input gradient count:
     # one SGD step must move every weight of both models the same way.
-    x = RNG.random((3, 9, 8, 2)).astype("float32")
-    y = RNG.normal(size=(3, 4)).astype("float32")
+    x = rng.random((3, 9, 8, 2)).astype("float32")
+    y = rng.normal(size=(3, 4)).astype("float32")
     models = []
     for implementation in ("conv", "local"):
         keras.utils.set_random_seed(5)
@@ -372,3 +385,97 @@ def test_implementations_agree_in_outputs_and_gradients(kernel_size, strides, pa
             atol=1e-5,
             err_msg=before.name,
         )
+
+
+@pytest.mark.parametrize("implementation", ["conv", "local"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(centroids=(2, 2)),
+        dict(centroids=(3, 2), per_feature=True, centroids_trainable=True),
+        dict(centroids=5, seed=2, strides=2, padding="valid"),
+    ],
+)
+def test_shared_kcp_init_starts_as_plain_convolution(implementation, kwargs):
+    rng = np.random.default_rng(12)
+    x = rng.random((2, 9, 8, 3)).astype("float32")
+    layer = built_layer(
+        x.shape,
+        filters=4,
+        kernel_size=3,
+        kcp_init="shared",
+        implementation=implementation,
+        **kwargs,
+    )
+    kcp_kernels = layer.kcp_kernels()  # (kh, kw, C, F, S)
+    bias = ops.convert_to_numpy(layer.bias).reshape(4, layer.n_centroids)
+    assert np.ptp(kcp_kernels, axis=-1).max() == 0 and np.ptp(bias, axis=-1).max() == 0
+    assert np.abs(bias).max() > 0  # a random bias, so the comparison covers it
+    conv = keras.layers.Conv2D(4, 3, strides=layer.strides, padding=layer.padding)
+    conv.build(x.shape)
+    conv.set_weights([kcp_kernels[..., 0], bias[:, 0]])
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(x)), ops.convert_to_numpy(conv(x)), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_independent_kcp_init_draws_different_kernels():
+    layer = built_layer((1, 8, 8, 2), filters=3, kernel_size=3, centroids=(2, 2))
+    assert np.ptp(layer.kcp_kernels(), axis=-1).min() > 0
+
+
+@pytest.mark.parametrize("implementation", ["conv", "local"])
+def test_local_kernels_are_the_mixed_kernels_the_visualizer_draws(implementation):
+    layer = built_layer(
+        (1, 9, 7, 2),
+        filters=3,
+        kernel_size=(3, 2),
+        centroids=(2, 2),
+        strides=(2, 1),
+        per_feature=True,
+        centroids_trainable=True,
+        implementation=implementation,
+    )
+    expected = visualize.weighted_kernels(
+        layer.kcp_kernels(), ops.convert_to_numpy(layer.similarity_map())
+    )
+    got = layer.local_kernels()
+    assert got.shape == (5, 7, 3, 2, 2, 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, trainable, non_trainable",
+    [
+        (dict(centroids=(2, 2)), 2, 2),
+        (dict(centroids=(2, 2), per_feature=True, sigma_trainable=True), 3, 1),
+        (dict(centroids=3, centroids_trainable=True, seed=1, implementation="conv"), 4, 0),
+        (dict(centroids=(2, 1), strides=(2, 1), padding="valid", use_bias=False), 1, 2),
+        (dict(centroids=(2, 2), kcp_init="shared", implementation="local"), 2, 2),
+    ],
+    ids=[
+        "fixed-grid",
+        "trainable-sigma-per-feature",
+        "random-conv",
+        "valid-strided-no-bias",
+        "shared-init",
+    ],
+)
+def test_keras_layer_harness(kwargs, trainable, non_trainable):
+    run_layer_test(
+        SoftWeightSharingConv2D,
+        init_kwargs=dict(filters=3, kernel_size=3, activation="relu", **kwargs),
+        input_shape=(2, 8, 7, 2),
+        expected_output_shape=(2, 8, 7, 3) if kwargs.get("padding") != "valid" else (2, 3, 5, 3),
+        expected_num_trainable_weights=trainable,
+        expected_num_non_trainable_weights=non_trainable,
+    )
+
+
+def test_docstring_example_runs():
+    globs = {"np": np, "keras": keras, "SoftWeightSharingConv2D": SoftWeightSharingConv2D}
+    # The class docstring's example; the methods' docstrings have none.
+    (test,) = [
+        t for t in doctest.DocTestFinder().find(SoftWeightSharingConv2D, globs=globs) if t.examples
+    ]
+    assert doctest.DocTestRunner().run(test).failed == 0

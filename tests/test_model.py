@@ -16,6 +16,7 @@ def test_sws_network_follows_the_seed():
     model = build_model(Config(centroid_grid=(3, 3), centroids_trainable=True, max_shift=0))
     assert layer_types(model) == [
         "InputLayer",
+        "Rescaling",
         "SoftWeightSharingConv2D",
         "LocalResponseNormalization",
         "MaxPooling2D",

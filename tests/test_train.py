@@ -523,3 +523,27 @@ def test_killed_mid_training_resumes_from_the_last_complete_epoch(tmp_path, mnis
     assert metrics["status"] == "completed"
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
     assert [p.name for p in (tmp_path / "tb" / "killed" / "checkpoints").iterdir()] == ["epoch-3"]
+
+
+@pytest.mark.parametrize(
+    "flags, layers, pngs",
+    [
+        (dict(layer="local"), ("local1", "local2"), ("local1_weighted.png",)),
+        (dict(layer="conv"), ("conv1", "conv2"), ("conv1_weighted.png",)),
+        (dict(kcp_init="shared", n_centroids=13), ("sws1", "sws2"), ("sws1_centroids.png",)),
+    ],
+)
+def test_every_layer_kind_trains_and_reports_its_parameters(
+    tmp_path, mnist_dir, flags, layers, pngs
+):
+    config = config_for(tmp_path, mnist_dir, n_epochs=1, seed=2, run_name="kind", **flags)
+    assert train.run(config) == 0
+    metrics = metrics_of(tmp_path, "kind")
+    counts = metrics["parameters"]
+    assert set(layers) <= set(counts) and counts["total"] == sum(
+        v for k, v in counts.items() if k != "total"
+    )
+    model = keras.models.load_model(tmp_path / "tb" / "kind" / "model.keras")
+    assert counts["total"] == model.count_params()
+    for png in pngs:
+        assert (tmp_path / "tb" / "kind" / "kernel_images" / png).is_file()

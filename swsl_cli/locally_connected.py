@@ -1,0 +1,181 @@
+"""A 2D locally connected layer: a convolution whose kernel is not shared."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from swsl_cli.local_conv import CellPatches, conv_output_size, positive_pair, standardize_padding
+
+
+@keras.saving.register_keras_serializable(package="swsl_cli")
+class LocallyConnected2D(keras.layers.Layer):
+    """2D locally connected layer: every output cell has its own kernel.
+
+    The far end of the spectrum that `SoftWeightSharingConv2D` sits in: a
+    `Conv2D` shares one kernel over all locations, this layer shares none
+    (as in DeepFace), and soft weight sharing interpolates between S kernels.
+    Output cell `(i, j)` is
+
+        Y[b, i, j, f] = activation(sum_{ti, tj, c} X_pad[b, i * sh + ti, j * sw + tj, c]
+                                   * kernel[i, j, ti, tj, c, f] + bias[i, j, f])
+
+    with `X_pad` padded as `Conv2D` pads. It replaces Keras 2's
+    `LocallyConnected2D` (removed in Keras 3) and adds `padding="same"`; its
+    per-cell kernels go through the same gather and batched matmul as the
+    SWS layer's `local` implementation (`swsl_cli.local_conv.CellPatches`).
+
+    Args:
+        filters: int, the number of output channels.
+        kernel_size: int or pair of ints, the kernel's height and width.
+        strides: int or pair of ints, the strides.
+        padding: `"valid"` or `"same"` (case-insensitive), as `Conv2D`.
+        activation: activation function, `None` for none.
+        use_bias: bool, whether every cell has a bias per filter.
+        kernel_initializer: initializer of the kernel. It receives the
+            kernel's full shape, so fan-based initializers (the default
+            `"glorot_uniform"`) count every cell in the fans, as Keras 2's
+            layer did: the initial kernels are smaller than a `Conv2D`'s.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the kernel.
+        bias_constraint: constraint of the bias.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
+
+    Weights:
+        kernel: `(H', W', kh, kw, in_channels, filters)`: `kernel[i, j]` is
+            the `Conv2D` kernel of output cell `(i, j)`. The layout makes
+            one cell's kernel a plain index and is what
+            `SoftWeightSharingConv2D.local_kernels()` returns, so the two are
+            compared directly. Keras 2's `implementation=1` kernel is
+            `kernel.reshape(H' * W', kh * kw * in_channels, filters)`.
+        bias: `(H', W', filters)`.
+
+    Input shape:
+        4D tensor `(batch, rows, cols, channels)` with static rows, cols and
+        channels (the kernel's shape depends on them).
+
+    Output shape:
+        4D tensor `(batch, new_rows, new_cols, filters)`, as `Conv2D`.
+
+    Example:
+
+    >>> x = np.random.rand(4, 28, 28, 1).astype("float32")
+    >>> layer = LocallyConnected2D(8, 3, padding="same")
+    >>> tuple(layer(x).shape)
+    (4, 28, 28, 8)
+    >>> layer.local_kernels().shape
+    (28, 28, 3, 3, 1, 8)
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size,
+        strides=1,
+        padding: str = "valid",
+        activation=None,
+        use_bias: bool = True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters < 1:
+            raise ValueError(f"Expected a strictly positive value. Received filters={filters!r}.")
+        self.filters = int(filters)
+        self.kernel_size = positive_pair(kernel_size, "kernel_size")
+        self.strides = positive_pair(strides, "strides")
+        self.padding = standardize_padding(padding)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        rows, cols, channels = input_shape[1], input_shape[2], input_shape[3]
+        if rows is None or cols is None or channels is None:
+            raise ValueError(
+                "LocallyConnected2D needs static rows, cols and channels, since its kernel "
+                f"has one entry per output cell. Received input_shape={input_shape}."
+            )
+        output_size = self.compute_output_shape(input_shape)[1:3]
+        if min(output_size) < 1:
+            raise ValueError(
+                f"Input {rows}x{cols} is smaller than kernel_size={self.kernel_size} "
+                f"with padding='valid'. Received input_shape={input_shape}."
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+        self._cell_patches = CellPatches(
+            (rows, cols), output_size, self.kernel_size, self.strides, self.padding
+        )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*output_size, *self.kernel_size, channels, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.bias = (
+            self.add_weight(
+                name="bias",
+                shape=(*output_size, self.filters),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+            if self.use_bias
+            else None
+        )
+
+    def call(self, inputs):
+        cells = self._cell_patches.cells
+        # (H', W', kh, kw, C, F) -> (H'W', F, K): the layout CellPatches takes.
+        kernels = ops.transpose(ops.reshape(self.kernel, (cells, -1, self.filters)), (0, 2, 1))
+        outputs = self._cell_patches.apply(inputs, kernels)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return self.activation(outputs)
+
+    def local_kernels(self) -> np.ndarray:
+        """The kernel of every output cell as numpy, `(H', W', kh, kw, in_channels, filters)`."""
+        return ops.convert_to_numpy(self.kernel)
+
+    def compute_output_shape(self, input_shape):
+        rows, cols = conv_output_size(
+            input_shape[1:3], self.kernel_size, self.strides, self.padding
+        )
+        return (input_shape[0], rows, cols, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config
