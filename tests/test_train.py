@@ -124,7 +124,7 @@ def test_kernel_pngs_and_reloadable_model(full_run, mnist_dir):
     kcp = tf.io.decode_png((run_dir / "kernel_images" / "sws1_kcp.png").read_bytes()).numpy()
     assert kcp.shape == (4 * 8, 24 * 8, 1)  # 4 KCPs x 1 input channel x (7+1) px, 24 filters
     model = keras.models.load_model(run_dir / "model.keras")
-    images = data.load_mnist(str(mnist_dir)).x_test[:8, ..., None] / 255.0
+    images = data.load_mnist(str(mnist_dir)).x_test[:8] / 255.0
     checkpoint = keras.models.load_model(run_dir / "checkpoint" / "model.keras")
     np.testing.assert_allclose(
         model.predict(images, verbose=0), checkpoint.predict(images, verbose=0), rtol=1e-6
