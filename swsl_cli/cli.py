@@ -124,9 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     more = parser.add_argument_group("further options")
     more.add_argument(
+        "--dataset",
+        default=DEFAULTS.dataset,
+        help="A tensorflow-datasets image classification set with 'image' and 'label' "
+        "features and fixed-size images (mnist, fashion_mnist, kmnist, emnist/letters, "
+        "cifar10, cifar100, svhn_cropped, ...), or spatial_mnist: MNIST with a fixed "
+        "rotation and inversion per quadrant (default: %(default)s)",
+    )
+    more.add_argument(
+        "--val_split",
+        help="Evaluate each epoch on this split (TFDS: e.g. validation; npz: the arrays "
+        "x_NAME, y_NAME) instead of the test split (default: the test split)",
+    )
+    more.add_argument(
         "--data_dir",
-        help="MNIST source: a TFDS data dir, a folder with the four MNIST IDX files "
-        "(.gz or not), or a Keras-style mnist.npz (default: TFDS's own data dir)",
+        help="Data source: an npz with x_train, y_train, x_test, y_test (uint8 images "
+        "(N, H, W) or (N, H, W, C), integer labels), a folder with the four MNIST IDX files "
+        "(.gz or not) or DATASET.npz, or a TFDS data dir (default: TFDS's own data dir; "
+        "for mnist offline, the copy bundled with this package)",
     )
     more.add_argument(
         "--batch_size",
@@ -228,6 +243,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         n_filters=tuple(args.n_filters),
         n_epochs=args.n_epochs,
         data_dir=args.data_dir,
+        dataset=args.dataset,
+        val_split=args.val_split,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         lr_decay=args.lr_decay,

@@ -208,13 +208,14 @@ def run(config: Config, stream=None) -> int:
         file=stream,
     )
 
-    arrays = data.load_mnist(config.data_dir).limited(
+    arrays = data.load_dataset(config.dataset, config.data_dir, config.val_split).limited(
         config.max_train_examples, config.max_test_examples
     )
     global_batch = config.batch_size * replicas
     steps = data.steps_per_epoch(arrays, global_batch)
     print(
-        f"data: {arrays.source}: {len(arrays.x_train)} train, {len(arrays.x_test)} test images; "
+        f"data: {arrays.source}: {len(arrays.x_train)} train, {len(arrays.x_test)} test images "
+        f"{'x'.join(map(str, arrays.image_shape))}, {arrays.num_classes} classes; "
         f"batch {global_batch} ({config.batch_size} x {replicas}), {steps} steps per epoch",
         file=stream,
     )
@@ -229,7 +230,7 @@ def run(config: Config, stream=None) -> int:
                 f"resuming after epoch {start_epoch} from {run_dir.checkpoint_model}", file=stream
             )
         else:
-            model = build_model(config, seed=config.seed)
+            model = build_model(config, config.seed, arrays.image_shape, arrays.num_classes)
             compile_model(model, config, steps, settings["jit_compile"])
 
     state = RunState(started, epochs=list(saved["epochs"]) if saved else [])
@@ -245,6 +246,7 @@ def run(config: Config, stream=None) -> int:
                 "replicas": replicas,
                 **settings,
                 "data": arrays.source,
+                "dataset": arrays.name,
                 "epochs": state.epochs,
                 "wall_time_s": round(time.perf_counter() - started, 3),
                 "time_to_first_step_s": state.first_step_s,
@@ -272,7 +274,7 @@ def run(config: Config, stream=None) -> int:
             epochs=config.n_epochs,
             initial_epoch=start_epoch,
             steps_per_epoch=steps,
-            validation_data=data.test_dataset(arrays, global_batch),
+            validation_data=data.validation_dataset(arrays, global_batch),
             callbacks=callbacks,
             shuffle=False,
             verbose=0,
