@@ -2,16 +2,19 @@
 every refusal; the spatial benchmark; the tf.data pipelines."""
 
 import gzip
+import json
 import logging
 import os
 import pickle
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from swsl_cli import data
+from swsl_cli import data, train
+from swsl_cli.config import Config
 from tests.conftest import write_idx
 
 
@@ -440,3 +443,28 @@ def test_test_pipeline_scales_in_order(small_idx_dir):
     images = np.concatenate([b[0] for b in batches])
     np.testing.assert_allclose(images, arrays.x_test / 255.0, rtol=1e-6)
     assert data.steps_per_epoch(arrays, 16) == 3
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_short_run_on_mocked_cifar10(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    config = Config(
+        dataset="cifar10",
+        logdir=str(tmp_path),
+        run_name="cifar",
+        n_epochs=1,
+        n_filters=(4, 6),
+        batch_size=16,
+        seed=3,
+        quiet=True,
+    )
+    with tfds.testing.mock_data(num_examples=32), open(os.devnull, "w") as sink:
+        assert train.run(config, stream=sink) == 0
+    metrics = json.loads((tmp_path / "cifar" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["dataset"] == "cifar10"
+    assert metrics["data"].startswith("tensorflow-datasets cifar10")
+    model = keras.models.load_model(tmp_path / "cifar" / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
+    assert len(list((tmp_path / "cifar" / "kernel_images").glob("sws1_*.png"))) >= 3
