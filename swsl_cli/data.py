@@ -42,11 +42,16 @@ SPATIAL_MNIST = "spatial_mnist"
 TFDS_HOST = ("storage.googleapis.com", 443)  # where TFDS downloads MNIST from
 NETWORK_PROBE_SECONDS = 5.0
 OFFLINE_ENV = "SWSL_OFFLINE"
+MAX_CLASSES = 65536  # beyond this the labels are surely not class indices (and Dense would OOM)
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile)
 
 
 class DataError(Exception):
     """The data could not be loaded; the message says what to do."""
+
+
+class DownloadError(DataError):
+    """TFDS could not download or prepare a data set although the network answered."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,6 +127,11 @@ def load_dataset(
     split to evaluate on each epoch (TFDS: e.g. `validation`; npz: the arrays
     `x_<val_split>` and `y_<val_split>`).
     """
+    if val_split in ("train", "test"):
+        raise DataError(
+            f"--val_split {val_split}: name a third split (e.g. validation); each epoch is "
+            "evaluated on the test split when --val_split is not given"
+        )
     if name == SPATIAL_MNIST:
         return spatial_mnist(load_dataset("mnist", data_dir, val_split))
     if data_dir is not None:
@@ -244,8 +254,11 @@ def load_bundled_mnist() -> ImageArrays:
 
 def _not_npz_reason(path: Path) -> str | None:
     """Why `path` is no npz archive, judged from its first bytes; None when it may be one."""
-    with open(path, "rb") as stream:
-        head = stream.read(512)
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(512)
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror}") from None
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return None
     if not head:
@@ -393,7 +406,12 @@ def checked_arrays(
     largest = max(int(checked[f"y_{split}"].max()) for split in splits)
     if num_classes is None:
         num_classes = largest + 1
-    elif largest >= num_classes:
+    if num_classes > MAX_CLASSES:
+        raise DataError(
+            f"{source}: {num_classes} classes (labels up to {largest}); at most {MAX_CLASSES} "
+            "work: labels must be class indices 0..K-1"
+        )
+    if largest >= num_classes:
         raise DataError(
             f"{source}: a label is {largest}, outside 0..{num_classes - 1} ({num_classes} classes)"
         )
@@ -529,7 +547,8 @@ def load_tfds(name: str, data_dir: str | None, val_split: str | None = None) -> 
         try:
             builder.download_and_prepare()
         except Exception as error:  # downloads fail in many ways
-            raise DataError(f"{name}: download or preparation failed: {error}") from None
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise DownloadError(f"{name}: download or preparation failed: {reason}") from None
     wanted = ["train", "test"] + ([val_split] if val_split else [])
     available = list(builder.info.splits.keys())  # empty only under tfds.testing.mock_data
     missing = [split for split in wanted if available and split not in available]
@@ -558,7 +577,10 @@ def _load_mnist_default(val_split: str | None) -> ImageArrays:
     """MNIST from TFDS when prepared or downloadable, else the bundled copy."""
     builder = _tfds_builder("mnist", None)
     if _tfds_prepared(builder) or network_available():
-        return load_tfds("mnist", None, val_split)
+        try:
+            return load_tfds("mnist", None, val_split)
+        except DownloadError:
+            pass  # the network answered but the download failed: the bundled copy will do
     if val_split:
         raise DataError(f"--val_split {val_split}: the bundled MNIST holds train and test only")
     return load_bundled_mnist()

@@ -126,6 +126,9 @@ def test_validation_split_feeds_the_per_epoch_evaluation(tmp_path):
     assert test_labels.tolist() == plain.y_test.tolist()  # no --val_split: the test set
     with pytest.raises(data.DataError, match="lacks the arrays x_holdout, y_holdout"):
         load(path, val_split="holdout")
+    for split in ("train", "test"):
+        with pytest.raises(data.DataError, match=f"--val_split {split}: name a third split"):
+            load(path, val_split=split)
 
 
 @pytest.mark.parametrize(
@@ -151,6 +154,7 @@ def test_validation_split_feeds_the_per_epoch_evaluation(tmp_path):
         ),
         (dict(y_train=np.zeros(11, int)), r"12 train images but labels of shape \(11,\)"),
         (dict(y_test=None), "lacks the arrays y_test"),
+        (dict(y_test=np.array([0, 1, 2, 3, 70000])), "70001 classes .* at most 65536"),
     ],
     ids=[
         "ndim-2",
@@ -167,6 +171,7 @@ def test_validation_split_feeds_the_per_epoch_evaluation(tmp_path):
         "empty-split",
         "count-mismatch",
         "missing-array",
+        "huge-label",
     ],
 )
 def test_npz_refusals(tmp_path, arrays, message):
@@ -383,6 +388,18 @@ def test_bundled_mnist_when_nothing_else_is_there_and_no_tfds_warning(
     assert not [r for r in caplog.records if "dataset_info" in r.getMessage()]
     with pytest.raises(data.DataError, match="bundled MNIST holds train and test only"):
         data.load_dataset("mnist", None, "validation")
+
+
+def test_bundled_mnist_when_the_tfds_download_fails(tmp_path, monkeypatch):
+    def fail(self, *args, **kwargs):
+        raise ConnectionError("the proxy said no")
+
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "no-tfds-here"))
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
+    assert data.load_dataset("mnist").source.startswith("bundled copy of MNIST in")
+    with pytest.raises(data.DataError, match="cifar10: download or preparation failed: the proxy"):
+        data.load_dataset("cifar10")
 
 
 # ----------------------------------------------------------------------------- spatial MNIST
