@@ -55,30 +55,35 @@ def available_layers() -> tuple[str, ...]:
     return tuple(layer for layer in SPATIAL_LAYERS if layer in LAYERS)
 
 
-def spatial_benchmark(args, stamp: str, bin_dir: Path) -> tuple[list[str], bool]:
-    """Runs conv / sws / local on spatial_mnist; returns its table and whether a run failed."""
-    budget = [
+def spatial_run(args, bin_dir: Path, command: str, run_name: str) -> dict | None:
+    """One spatial benchmark command at the spatial budget: its metrics, None if it failed."""
+    extra = [
         "--max_train_examples", str(args.spatial_train),
         "--max_test_examples", str(args.spatial_test),
         "--n_epochs", str(args.spatial_epochs),
+        "--seed", str(SEED), "--quiet", "--logdir", args.logdir, "--run_name", run_name,
     ]  # fmt: skip
-    rows, failed = [], False
+    extra += ["--data_dir", args.data_dir] if args.data_dir else []
+    argv = shlex.split(command) + extra
+    print(f"$ {command}   # + {' '.join(extra)}", flush=True)
+    if subprocess.run([str(bin_dir / argv[0]), *argv[1:]]).returncode != 0:
+        return None
+    return json.loads((Path(args.logdir) / run_name / "metrics.json").read_text())
+
+
+def spatial_benchmark(args, stamp: str, bin_dir: Path) -> tuple[list[str], bool]:
+    """Runs conv / sws / local on spatial_mnist (and, with --spatial_reference, on MNIST at
+    the same budget); returns its table and whether a run failed."""
+    rows = []
     for layer in available_layers():
         command = f"{SPATIAL_COMMAND} {layer}"
-        run_name = f"reproduce-{stamp}-spatial-{layer}"
-        extra = budget + ["--seed", str(SEED), "--quiet", "--logdir", args.logdir]
-        extra += ["--run_name", run_name] + (["--data_dir", args.data_dir] if args.data_dir else [])
-        argv = shlex.split(command) + extra
-        print(f"$ {command}   # + {' '.join(extra)}", flush=True)
-        result = subprocess.run([str(bin_dir / argv[0]), *argv[1:]])
-        if result.returncode != 0:
-            rows.append((command, None))
-            failed = True
-            continue
-        rows.append(
-            (command, json.loads((Path(args.logdir) / run_name / "metrics.json").read_text()))
-        )
-    best = max((m["test_accuracy"] for _, m in rows if m), default=None)
+        metrics = spatial_run(args, bin_dir, command, f"reproduce-{stamp}-spatial-{layer}")
+        reference = None
+        if args.spatial_reference:
+            plain = command.replace("spatial_mnist", "mnist")
+            reference = spatial_run(args, bin_dir, plain, f"reproduce-{stamp}-mnist-{layer}")
+        rows.append((command, metrics, reference))
+    best = max((m["test_accuracy"] for _, m, _ in rows if m), default=None)
     table = [
         "",
         f"Spatial benchmark (spatial_mnist): {args.spatial_train} training / {args.spatial_test} "
@@ -86,19 +91,21 @@ def spatial_benchmark(args, stamp: str, bin_dir: Path) -> tuple[list[str], bool]
         + ("" if "local" in available_layers() else "; --layer local not available yet")
         + ".",
         "",
-        "| command | test accuracy | wall time (s) | images/s | |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| command | test accuracy | wall time (s) | images/s | | same budget on mnist |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
     ]
-    for command, metrics in rows:
+    for command, metrics, reference in rows:
+        plain = f"{reference['test_accuracy'] * 100:.2f} %" if reference else "-"
         if metrics is None:
-            table.append(f"| `{command}` | - | - | - | FAILED |")
+            table.append(f"| `{command}` | - | - | - | FAILED | {plain} |")
             continue
         accuracy = metrics["test_accuracy"]
         speed = sum(e["images_per_second"] for e in metrics["epochs"]) / len(metrics["epochs"])
         table.append(
             f"| `{command}` | {accuracy * 100:.2f} % | {metrics['wall_time_s']:.0f} | {speed:.0f} "
-            f"| {'best' if accuracy == best else ''} |"
+            f"| {'best' if accuracy == best else ''} | {plain} |"
         )
+    failed = any(m is None or (args.spatial_reference and r is None) for _, m, r in rows)
     return table, failed
 
 
@@ -113,6 +120,11 @@ def main() -> int:
     parser.add_argument("--spatial_train", type=int, default=SPATIAL_TRAIN)
     parser.add_argument("--spatial_test", type=int, default=SPATIAL_TEST)
     parser.add_argument("--spatial_epochs", type=int, default=SPATIAL_EPOCHS)
+    parser.add_argument(
+        "--spatial_reference",
+        action="store_true",
+        help="also train each spatial command on plain mnist at the same budget",
+    )
     args = parser.parse_args()
     floor = FULL_FLOOR if args.epochs >= FULL_EPOCHS else SHORT_FLOOR
     stamp = time.strftime("%Y%m%d-%H%M%S")
