@@ -266,7 +266,7 @@ def _not_npz_reason(path: Path) -> str | None:
     if head.startswith(b"\x93NUMPY"):
         return "it is a single .npy array (save with np.savez instead)"
     if head.startswith(b"\x1f\x8b"):
-        return "it is gzip-compressed"
+        return "it is gzip-compressed; for IDX files give their folder"
     if head.startswith(b"\x80"):
         return "it is a Python pickle"
     try:
@@ -305,6 +305,8 @@ def load_npz(path: Path, val_split: str | None = None, name: str | None = None) 
                         f"{path}: array {key} holds Python objects; store plain numbers "
                         "(uint8 images, integer labels)"
                     ) from None
+                if not isinstance(arrays[key], np.ndarray):
+                    raise DataError(f"{path}: member {key} is not a .npy array")
     except READ_ERRORS as error:
         raise DataError(f"{path} is not a readable npz archive: {error}") from None
     num_classes = arrays.pop("num_classes", None)

@@ -7,6 +7,7 @@ import logging
 import os
 import pickle
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -191,15 +192,23 @@ def test_npz_with_objects_text_or_pickle_never_mentions_allow_pickle(tmp_path):
         np.save(stream, np.zeros(3))
     empty = tmp_path / "empty.npz"
     empty.write_bytes(b"")
+    raw_member = save_npz(tmp_path / "raw.npz")
+    with zipfile.ZipFile(raw_member, "a") as archive:
+        archive.writestr("x_val", "not an array")
+        archive.writestr("y_val.npy", "nor this")
+    gz = tmp_path / "images.gz"
+    gz.write_bytes(gzip.compress(b"idx"))
     for path, message in (
         (objects, "array y_train holds Python objects"),
         (text, r"not an npz archive \(it is a text file\)"),
         (pickled, r"not an npz archive \(it is a Python pickle\)"),
         (single, r"a single .npy array"),
         (empty, r"it is empty"),
+        (raw_member, "member x_val is not a .npy array"),
+        (gz, "gzip-compressed; for IDX files give their folder"),
     ):
         with pytest.raises(data.DataError, match=message) as error:
-            load(path)
+            load(path, val_split="val" if path == raw_member else None)
         assert "allow_pickle" not in str(error.value)
 
 
