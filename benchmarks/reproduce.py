@@ -55,13 +55,13 @@ def available_layers() -> tuple[str, ...]:
     return tuple(layer for layer in SPATIAL_LAYERS if layer in LAYERS)
 
 
-def spatial_run(args, bin_dir: Path, command: str, run_name: str) -> dict | None:
+def spatial_run(args, bin_dir: Path, command: str, run_name: str, seed: int) -> dict | None:
     """One spatial benchmark command at the spatial budget: its metrics, None if it failed."""
     extra = [
         "--max_train_examples", str(args.spatial_train),
         "--max_test_examples", str(args.spatial_test),
         "--n_epochs", str(args.spatial_epochs),
-        "--seed", str(SEED), "--quiet", "--logdir", args.logdir, "--run_name", run_name,
+        "--seed", str(seed), "--quiet", "--logdir", args.logdir, "--run_name", run_name,
     ]  # fmt: skip
     extra += ["--data_dir", args.data_dir] if args.data_dir else []
     argv = shlex.split(command) + extra
@@ -71,41 +71,57 @@ def spatial_run(args, bin_dir: Path, command: str, run_name: str) -> dict | None
     return json.loads((Path(args.logdir) / run_name / "metrics.json").read_text())
 
 
+def _accuracies(runs: list[dict | None]) -> str:
+    """`mean %` over the seeds, with each seed's figure when there are several."""
+    if not runs or any(run is None for run in runs):
+        return "-"
+    figures = [run["test_accuracy"] * 100 for run in runs]
+    mean = f"{sum(figures) / len(figures):.2f} %"
+    return mean if len(figures) == 1 else f"{mean} ({' / '.join(f'{f:.2f}' for f in figures)})"
+
+
 def spatial_benchmark(args, stamp: str, bin_dir: Path) -> tuple[list[str], bool]:
-    """Runs conv / sws / local on spatial_mnist (and, with --spatial_reference, on MNIST at
-    the same budget); returns its table and whether a run failed."""
+    """Runs conv / sws / local on spatial_mnist for each seed (and, with --spatial_reference,
+    on MNIST at the same budget); returns its table and whether a run failed."""
+    seeds = range(SEED, SEED + args.spatial_seeds)
     rows = []
     for layer in available_layers():
-        command = f"{SPATIAL_COMMAND} {layer}"
-        metrics = spatial_run(args, bin_dir, command, f"reproduce-{stamp}-spatial-{layer}")
-        reference = None
-        if args.spatial_reference:
-            plain = command.replace("spatial_mnist", "mnist")
-            reference = spatial_run(args, bin_dir, plain, f"reproduce-{stamp}-mnist-{layer}")
-        rows.append((command, metrics, reference))
-    best = max((m["test_accuracy"] for _, m, _ in rows if m), default=None)
+        command = " ".join(filter(None, (SPATIAL_COMMAND, layer, args.spatial_flags)))
+        plain = command.replace("spatial_mnist", "mnist")
+        spatial, reference = [], []
+        for seed in seeds:
+            name = f"reproduce-{stamp}-{{}}-{layer}-s{seed}"
+            spatial.append(spatial_run(args, bin_dir, command, name.format("spatial"), seed))
+            if args.spatial_reference:
+                reference.append(spatial_run(args, bin_dir, plain, name.format("mnist"), seed))
+        rows.append((command, spatial, reference))
+
+    def mean_accuracy(runs):
+        return sum(r["test_accuracy"] for r in runs) / len(runs) if all(runs) else None
+
+    best = max((a for a in (mean_accuracy(s) for _, s, _ in rows) if a), default=None)
     table = [
         "",
         f"Spatial benchmark (spatial_mnist): {args.spatial_train} training / {args.spatial_test} "
-        f"test images, {args.spatial_epochs} epochs, seed {SEED}"
+        f"test images, {args.spatial_epochs} epochs, seeds {', '.join(map(str, seeds))}"
         + ("" if "local" in available_layers() else "; --layer local not available yet")
         + ".",
         "",
         "| command | test accuracy | wall time (s) | images/s | | same budget on mnist |",
         "| --- | ---: | ---: | ---: | --- | ---: |",
     ]
-    for command, metrics, reference in rows:
-        plain = f"{reference['test_accuracy'] * 100:.2f} %" if reference else "-"
-        if metrics is None:
-            table.append(f"| `{command}` | - | - | - | FAILED | {plain} |")
+    for command, spatial, reference in rows:
+        if not all(spatial):
+            table.append(f"| `{command}` | - | - | - | FAILED | {_accuracies(reference)} |")
             continue
-        accuracy = metrics["test_accuracy"]
-        speed = sum(e["images_per_second"] for e in metrics["epochs"]) / len(metrics["epochs"])
+        epochs = [e for run in spatial for e in run["epochs"]]
+        speed = sum(e["images_per_second"] for e in epochs) / len(epochs)
+        wall = sum(run["wall_time_s"] for run in spatial) / len(spatial)
         table.append(
-            f"| `{command}` | {accuracy * 100:.2f} % | {metrics['wall_time_s']:.0f} | {speed:.0f} "
-            f"| {'best' if accuracy == best else ''} | {plain} |"
+            f"| `{command}` | {_accuracies(spatial)} | {wall:.0f} | {speed:.0f} "
+            f"| {'best' if mean_accuracy(spatial) == best else ''} | {_accuracies(reference)} |"
         )
-    failed = any(m is None or (args.spatial_reference and r is None) for _, m, r in rows)
+    failed = any(not all(s) or not all(r) for _, s, r in rows)
     return table, failed
 
 
@@ -120,6 +136,10 @@ def main() -> int:
     parser.add_argument("--spatial_train", type=int, default=SPATIAL_TRAIN)
     parser.add_argument("--spatial_test", type=int, default=SPATIAL_TEST)
     parser.add_argument("--spatial_epochs", type=int, default=SPATIAL_EPOCHS)
+    parser.add_argument("--spatial_seeds", type=int, default=1, help="seeds 1..N per layer")
+    parser.add_argument(
+        "--spatial_flags", default="", help="more swsl-train flags for every spatial command"
+    )
     parser.add_argument(
         "--spatial_reference",
         action="store_true",
