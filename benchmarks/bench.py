@@ -117,7 +117,7 @@ def layer_step_ms(
     return statistics.median(times) * 1000
 
 
-def runner_throughput(arrays: data.MnistArrays, epochs: int) -> tuple[float, float]:
+def runner_throughput(arrays: data.ImageArrays, epochs: int) -> tuple[float, float]:
     """`swsl-train`'s own images/s (best epoch after the first) and its time to the first step."""
     with tempfile.TemporaryDirectory() as logdir:
         config = Config(
@@ -158,7 +158,7 @@ def main() -> int:
     args = parser.parse_args()
 
     arrays = data.load_mnist(args.data_dir).limited(args.images, 1000)
-    images = (arrays.x_train[..., None] / 255.0).astype("float32")
+    images = (arrays.x_train / 255.0).astype("float32")
     labels = arrays.y_train
     rows = []
 

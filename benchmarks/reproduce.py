@@ -3,6 +3,12 @@
 Each command is the README's, printed verbatim, with the budget and data flags
 appended. Exit status 1 if a command fails, misses its accuracy floor, or its
 TensorBoard run lacks the kernel images.
+
+Then the spatial benchmark: the same network with conv, sws and (when the
+runner has it) local layers on `--dataset spatial_mnist`, MNIST with a fixed
+rotation and inversion per quadrant, where location-specific kernels should
+pay off (see `swsl_cli.data.spatial_mnist`). It has no floor: it reports which
+layer wins at a small budget that runs offline on 2 CPU cores in minutes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ FULL_EPOCHS = 10
 FULL_FLOOR = 0.993  # the goal at the README's full budget
 SHORT_FLOOR = 0.97  # a shorter budget still has to learn
 SEED = 1
+# The spatial benchmark: one command per layer kind, at a budget small enough for CI.
+SPATIAL_COMMAND = "swsl-train --dataset spatial_mnist --max_shift 0 --layer"
+SPATIAL_LAYERS = ("conv", "sws", "local")
+SPATIAL_TRAIN, SPATIAL_TEST, SPATIAL_EPOCHS = 6000, 2000, 3
 
 
 def has_kernel_images(run_dir: Path) -> bool:
@@ -38,17 +48,110 @@ def has_kernel_images(run_dir: Path) -> bool:
     return all(f"sws{i}/weighted_kernels" in tags for i in (1, 2))
 
 
+def available_layers() -> tuple[str, ...]:
+    """The `--layer` choices this swsl-train offers (`local` only once that layer exists)."""
+    from swsl_cli.config import LAYERS
+
+    return tuple(layer for layer in SPATIAL_LAYERS if layer in LAYERS)
+
+
+def spatial_run(args, bin_dir: Path, command: str, run_name: str, seed: int) -> dict | None:
+    """One spatial benchmark command at the spatial budget: its metrics, None if it failed."""
+    extra = [
+        "--max_train_examples", str(args.spatial_train),
+        "--max_test_examples", str(args.spatial_test),
+        "--n_epochs", str(args.spatial_epochs),
+        "--seed", str(seed), "--quiet", "--logdir", args.logdir, "--run_name", run_name,
+    ]  # fmt: skip
+    extra += ["--data_dir", args.data_dir] if args.data_dir else []
+    argv = shlex.split(command) + extra
+    print(f"$ {command}   # + {' '.join(extra)}", flush=True)
+    if subprocess.run([str(bin_dir / argv[0]), *argv[1:]]).returncode != 0:
+        return None
+    return json.loads((Path(args.logdir) / run_name / "metrics.json").read_text())
+
+
+def _accuracies(runs: list[dict | None]) -> str:
+    """`mean %` over the seeds, with each seed's figure when there are several."""
+    if not runs or any(run is None for run in runs):
+        return "-"
+    figures = [run["test_accuracy"] * 100 for run in runs]
+    mean = f"{sum(figures) / len(figures):.2f} %"
+    return mean if len(figures) == 1 else f"{mean} ({' / '.join(f'{f:.2f}' for f in figures)})"
+
+
+def spatial_benchmark(args, stamp: str, bin_dir: Path) -> tuple[list[str], bool]:
+    """Runs conv / sws / local on spatial_mnist for each seed (and, with --spatial_reference,
+    on MNIST at the same budget); returns its table and whether a run failed."""
+    seeds = range(SEED, SEED + args.spatial_seeds)
+    rows = []
+    for layer in available_layers():
+        command = " ".join(filter(None, (SPATIAL_COMMAND, layer, args.spatial_flags)))
+        plain = command.replace("spatial_mnist", "mnist")
+        spatial, reference = [], []
+        for seed in seeds:
+            name = f"reproduce-{stamp}-{{}}-{layer}-s{seed}"
+            spatial.append(spatial_run(args, bin_dir, command, name.format("spatial"), seed))
+            if args.spatial_reference:
+                reference.append(spatial_run(args, bin_dir, plain, name.format("mnist"), seed))
+        rows.append((command, spatial, reference))
+
+    def mean_accuracy(runs):
+        return sum(r["test_accuracy"] for r in runs) / len(runs) if all(runs) else None
+
+    best = max((a for a in (mean_accuracy(s) for _, s, _ in rows) if a), default=None)
+    table = [
+        "",
+        f"Spatial benchmark (spatial_mnist): {args.spatial_train} training / {args.spatial_test} "
+        f"test images, {args.spatial_epochs} epochs, seeds {', '.join(map(str, seeds))}"
+        + ("" if "local" in available_layers() else "; --layer local not available yet")
+        + ".",
+        "",
+        "| command | test accuracy | wall time (s) | images/s | | same budget on mnist |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for command, spatial, reference in rows:
+        if not all(spatial):
+            table.append(f"| `{command}` | - | - | - | FAILED | {_accuracies(reference)} |")
+            continue
+        epochs = [e for run in spatial for e in run["epochs"]]
+        speed = sum(e["images_per_second"] for e in epochs) / len(epochs)
+        wall = sum(run["wall_time_s"] for run in spatial) / len(spatial)
+        table.append(
+            f"| `{command}` | {_accuracies(spatial)} | {wall:.0f} | {speed:.0f} "
+            f"| {'best' if mean_accuracy(spatial) == best else ''} | {_accuracies(reference)} |"
+        )
+    failed = any(not all(s) or not all(r) for _, s, r in rows)
+    return table, failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=FULL_EPOCHS)
     parser.add_argument("--data_dir")
     parser.add_argument("--logdir", default="tensorboard")
+    parser.add_argument(
+        "--part", choices=("all", "mnist", "spatial"), default="all", help="what to run"
+    )
+    parser.add_argument("--spatial_train", type=int, default=SPATIAL_TRAIN)
+    parser.add_argument("--spatial_test", type=int, default=SPATIAL_TEST)
+    parser.add_argument("--spatial_epochs", type=int, default=SPATIAL_EPOCHS)
+    parser.add_argument("--spatial_seeds", type=int, default=1, help="seeds 1..N per layer")
+    parser.add_argument(
+        "--spatial_flags", default="", help="more swsl-train flags for every spatial command"
+    )
+    parser.add_argument(
+        "--spatial_reference",
+        action="store_true",
+        help="also train each spatial command on plain mnist at the same budget",
+    )
     args = parser.parse_args()
     floor = FULL_FLOOR if args.epochs >= FULL_EPOCHS else SHORT_FLOOR
     stamp = time.strftime("%Y%m%d-%H%M%S")
     bin_dir = Path(sys.executable).parent
     rows, failed = [], False
-    for index, (command, has_floor) in enumerate(COMMANDS.items()):
+    commands = COMMANDS if args.part != "spatial" else {}
+    for index, (command, has_floor) in enumerate(commands.items()):
         run_name = f"reproduce-{stamp}-{index}"
         extra = ["--seed", str(SEED), "--quiet", "--logdir", args.logdir, "--run_name", run_name]
         if args.epochs != FULL_EPOCHS:
@@ -84,6 +187,7 @@ def main() -> int:
         "| command | epochs | test accuracy | wall time (s) | images/s | check |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
+    table = table if rows else [f"Logs in {args.logdir}."]
     for command, epochs, accuracy, wall, speed, verdict in rows:
         figures = (
             f"{accuracy * 100:.2f} % | {wall:.0f} | {speed:.0f}"
@@ -91,6 +195,10 @@ def main() -> int:
             else "- | - | -"
         )
         table.append(f"| `{command}` | {epochs} | {figures} | {verdict} |")
+    if args.part != "mnist":
+        spatial_table, spatial_failed = spatial_benchmark(args, stamp, bin_dir)
+        table += spatial_table
+        failed |= spatial_failed
     print("\n".join(table))
     Path(args.logdir).mkdir(parents=True, exist_ok=True)
     (Path(args.logdir) / f"reproduce-{stamp}.md").write_text("\n".join(table) + "\n")

@@ -12,7 +12,12 @@ import sys
 
 __version__ = "0.2.0"
 LAYER_NAMES = ("SoftWeightSharingConv2D", "LocallyConnected2D", "LocalResponseNormalization")
-__all__ = ["SoftWeightSharingConv2D", "LocallyConnected2D", "LocalResponseNormalization", "__version__"]
+__all__ = [
+    "SoftWeightSharingConv2D",
+    "LocallyConnected2D",
+    "LocalResponseNormalization",
+    "__version__",
+]
 
 
 def _started_as_command() -> bool:

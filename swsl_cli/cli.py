@@ -147,11 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     more = parser.add_argument_group("further options")
     more.add_argument(
+        "--dataset",
+        type=_non_empty,
+        help="A tensorflow-datasets image classification set with 'image' and 'label' "
+        "features and fixed-size images (mnist, fashion_mnist, kmnist, emnist/letters, "
+        "cifar10, cifar100, svhn_cropped, ...), or spatial_mnist: MNIST with a fixed "
+        "rotation and inversion per quadrant",
+    )
+    more.add_argument(
+        "--val_split",
+        type=_non_empty,
+        help="Evaluate each epoch on this split (TFDS: e.g. validation; npz: the arrays "
+        "x_NAME, y_NAME) instead of the test split",
+    )
+    more.add_argument(
         "--data_dir",
         type=_non_empty,
-        help="MNIST source: a TFDS data dir, a folder with the four MNIST IDX files "
-        "(.gz or not), or a Keras-style mnist.npz. Default: TFDS's own data dir when MNIST "
-        "is prepared there or the network answers, else the copy shipped with swsl-cli",
+        help="Data source: an npz with x_train, y_train, x_test, y_test (uint8 images "
+        "(N, H, W) or (N, H, W, C), integer labels), a folder with the four MNIST IDX files "
+        "(.gz or not) or DATASET.npz, or a TFDS data dir. Default: TFDS's own data dir when "
+        "the set is prepared there or the network answers; for mnist, else the copy shipped "
+        "with swsl-cli",
     )
     more.add_argument(
         "--batch_size",

@@ -35,6 +35,8 @@ class Config:
     n_filters: tuple[int, int] = (24, 48)
     n_epochs: int = 10
     data_dir: str | None = None
+    dataset: str = "mnist"
+    val_split: str | None = None
     batch_size: int = 64
     learning_rate: float = 1e-3
     lr_decay: float = 0.75

@@ -44,25 +44,31 @@ def _conv(config: Config, index: int, filters: int, kernel_size: int, seed: int)
     )
 
 
-def build_model(config: Config, seed: int = 0) -> keras.Model:
-    """The seed network: conv 7x7 -> LRN -> pool -> conv 3x3 -> pool -> LRN -> 128 -> 256 -> 10.
+def build_model(
+    config: Config,
+    seed: int = 0,
+    input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    num_classes: int = NUM_CLASSES,
+) -> keras.Model:
+    """The seed network: conv 7x7 -> LRN -> pool -> conv 3x3 -> pool -> LRN -> 128 -> 256 -> classes.
 
-    The model takes images as stored, 0-255 (uint8 or float), and scales them
-    itself. With `max_shift`, a random translation of the training images comes first.
+    The same layer stack for any `input_shape` `(height, width, channels)` and
+    `num_classes` (defaults: MNIST's). The model takes images as stored, 0-255
+    (uint8 or float), and scales them itself. With `max_shift`, a random
+    translation of the training images comes first.
 
     Both convolutions are `SoftWeightSharingConv2D` (`per_feature=True`, the
     flags' centroids) for `--layer sws`, or plain `Conv2D` for `--layer conv`.
     """
     first, second = config.n_filters
-    inputs = keras.Input(INPUT_SHAPE, name="image")
+    inputs = keras.Input(tuple(input_shape), name="image")
     # Pixels arrive as stored (0-255): the saved model takes raw images.
     x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
     if config.max_shift:
         # Whole-pixel shifts with a black border, during training only.
-        factor = config.max_shift / INPUT_SHAPE[0]
         x = keras.layers.RandomTranslation(
-            factor,
-            factor,
+            config.max_shift / input_shape[0],
+            config.max_shift / input_shape[1],
             fill_mode="constant",
             interpolation="nearest",
             seed=seed + 4,
@@ -80,7 +86,7 @@ def build_model(config: Config, seed: int = 0) -> keras.Model:
     x = keras.layers.Dense(256, activation="relu", name="dense2")(x)
     x = keras.layers.Dropout(DROPOUT_RATE, seed=seed + 3, name="dropout2")(x)
     # float32 softmax keeps the loss stable under mixed precision.
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probs")(
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(
         x
     )
     return keras.Model(inputs, outputs, name=f"{config.layer}_mnist")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import re
@@ -87,7 +86,7 @@ class Session:
 
     config: Config
     run: runs.RunDir
-    arrays: data.MnistArrays
+    arrays: data.ImageArrays
     strategy: tf.distribute.Strategy
     settings: Settings
     device: str
@@ -95,6 +94,7 @@ class Session:
     started: float
     checkpoint: runs.Checkpoint | None
     fresh: bool  # the run folder was created by this process
+    data_fingerprint: str
 
     @property
     def replicas(self) -> int:
@@ -138,8 +138,9 @@ class RunRecord:
                 "strategy": session.config.distribute,
                 "replicas": session.replicas,
                 **dataclasses.asdict(session.settings),
+                "dataset": session.arrays.name,
                 "data": session.arrays.source,
-                "data_fingerprint": fingerprint(session.arrays),
+                "data_fingerprint": session.data_fingerprint,
                 "parameters": self.parameters,
                 "epochs": self.epochs,
                 "wall_time_s": round(time.perf_counter() - session.started, 3),
@@ -147,15 +148,6 @@ class RunRecord:
                 **final,
             }
         )
-
-
-def fingerprint(arrays: data.MnistArrays) -> str:
-    """A short hash of the images and labels, to recognise the same data elsewhere."""
-    digest = hashlib.blake2b(digest_size=16)
-    for array in (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test):
-        digest.update(str(array.shape).encode())
-        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-    return digest.hexdigest()
 
 
 class StopOnRequest(keras.callbacks.Callback):
@@ -230,7 +222,7 @@ class EpochRecorder(keras.callbacks.Callback):
             {
                 "epoch": epoch + 1,
                 "epochs": record.epochs,
-                "data_fingerprint": fingerprint(session.arrays),
+                "data_fingerprint": session.data_fingerprint,
             },
         )
         record.write(status="running")
@@ -302,12 +294,13 @@ def prepare(config: Config, resumed: runs.Resumption | None, console: Console) -
         settings = configure(config)
         device = device_report()
     strategy = make_strategy(config.distribute)
-    arrays = data.load_mnist(config.data_dir).limited(
+    arrays = data.load_dataset(config.dataset, config.data_dir, config.val_split).limited(
         config.max_train_examples, config.max_test_examples
     )
+    fingerprint = arrays.fingerprint()
     if resumed is not None:
         saved = resumed.checkpoint.state.get("data_fingerprint")
-        if saved is not None and saved != fingerprint(arrays):
+        if saved is not None and saved != fingerprint:
             raise runs.RunError(
                 f"--resume: {arrays.source} is not the data run {config.run_name!r} was "
                 "trained on (its fingerprint differs); pass --data_dir with the run's data"
@@ -328,14 +321,16 @@ def prepare(config: Config, resumed: runs.Resumption | None, console: Console) -
         console,
         started,
         checkpoint,
-        resumed is None,
+        fresh=resumed is None,
+        data_fingerprint=fingerprint,
     )
     console.line(
         f"device: {device}; strategy {config.distribute} with {session.replicas} replica(s); "
         f"{settings.precision}"
     )
     console.line(
-        f"data: {arrays.source}: {len(arrays.x_train)} train, {len(arrays.x_test)} test images; "
+        f"data: {arrays.source}: {len(arrays.x_train)} train, {len(arrays.x_test)} test images "
+        f"{'x'.join(map(str, arrays.image_shape))}, {arrays.num_classes} classes; "
         f"batch {session.global_batch} ({config.batch_size} x {session.replicas}), "
         f"{session.steps} steps per epoch"
     )
@@ -353,7 +348,8 @@ def build_or_restore(session: Session) -> keras.Model:
                 f"resuming after epoch {session.start_epoch} from {session.checkpoint.folder}"
             )
         else:
-            model = build_model(config, seed=config.seed)
+            arrays = session.arrays
+            model = build_model(config, config.seed, arrays.image_shape, arrays.num_classes)
             compile_model(model, config, session.steps, session.settings.jit_compile)
     # Keras turns XLA off for layers without an XLA kernel: record and report what it kept.
     session.settings = dataclasses.replace(session.settings, jit_compile=bool(model.jit_compile))
@@ -394,7 +390,7 @@ def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
             epochs=config.n_epochs,
             initial_epoch=session.start_epoch,
             steps_per_epoch=session.steps,
-            validation_data=data.test_dataset(arrays, session.global_batch),
+            validation_data=data.validation_dataset(arrays, session.global_batch),
             callbacks=callbacks,
             shuffle=False,
             verbose=0,

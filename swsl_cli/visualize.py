@@ -13,6 +13,7 @@ where.
 from __future__ import annotations
 
 import colorsys
+import math
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def sample_step(rows: int, cols: int) -> int:
 
     Never below `SAMPLE_STEP` (3), so MNIST-sized outputs look as in the original.
     """
-    return max(SAMPLE_STEP, -(-max(rows, cols) // MAX_SAMPLES))
+    return max(SAMPLE_STEP, math.ceil(max(rows, cols) / MAX_SAMPLES))
 
 
 def sample_cells(array: np.ndarray, step: int | None = None) -> np.ndarray:
@@ -223,7 +224,9 @@ def fold_row(images: np.ndarray) -> np.ndarray:
     if rows != 1 or cols <= 3:
         return images
     columns = int(np.ceil(np.sqrt(cols)))
-    blank = np.zeros((1, columns * -(-cols // columns) - cols, *images.shape[2:]), images.dtype)
+    blank = np.zeros(
+        (1, columns * math.ceil(cols / columns) - cols, *images.shape[2:]), images.dtype
+    )
     return np.concatenate([images, blank], axis=1).reshape(-1, columns, *images.shape[2:])
 
 
@@ -249,7 +252,7 @@ def fold_columns(images: np.ndarray, columns: int) -> np.ndarray:
     rows, cols = images.shape[:2]
     if cols <= columns:
         return images
-    bands = -(-cols // columns)
+    bands = math.ceil(cols / columns)
     blank = np.zeros((rows, bands * columns - cols, *images.shape[2:]), images.dtype)
     padded = np.concatenate([images, blank], axis=1)
     # (rows, bands, columns, ...) -> (bands, rows, columns, ...)
@@ -275,7 +278,7 @@ def bounded_picture(images: np.ndarray, factor: int, max_side: int = MAX_SIDE) -
     if cols * width > max_side:
 
         def longer_side(columns: int) -> int:
-            bands = -(-cols // columns)
+            bands = math.ceil(cols / columns)
             return max(columns * width, (bands * (rows + 1) - 1) * height)
 
         fitting = range(max(1, max_side // width), 0, -1)

@@ -125,6 +125,8 @@ REFUSALS = [
     (["--distribute", "tpu"], "invalid choice: 'tpu'"),
     (["--logdir", ""], "argument --logdir: must not be empty"),
     (["--data_dir", " "], "argument --data_dir: must not be empty"),
+    (["--dataset", ""], "argument --dataset: must not be empty"),
+    (["--val_split", ""], "argument --val_split: must not be empty"),
     (["--n_filters", "24", "100000"], "argument --n_filters: must be >= 1 and <= 1024"),
     (["--n_centroids", "5000"], "argument --n_centroids: must be >= 1 and <= 1024"),
     (["--centroid_grid", "40", "2"], "argument --centroid_grid: must be >= 1 and <= 32"),

@@ -1,19 +1,74 @@
-"""Loading MNIST from IDX files, npz archives and (mocked) TFDS; the tf.data pipelines."""
+"""Loading data from IDX files, npz archives, (mocked and tiny real) TFDS and the bundled MNIST;
+every refusal; the spatial benchmark; the tf.data pipelines."""
 
 import gzip
+import json
+import logging
+import os
+import pickle
 import time
+import zipfile
 
+import keras
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
-from swsl_cli import data
+from swsl_cli import data, train
+from swsl_cli.config import Config
 from tests.conftest import write_idx
 
 
+class TinyTrainOnly(tfds.core.GeneratorBasedBuilder):
+    """A real (prepared on disk) TFDS data set of 6 images that lacks a `test` split."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(8, 8, 1)),
+                    "label": tfds.features.ClassLabel(num_classes=3),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(6), "validation": self._generate_examples(3)}
+
+    def _generate_examples(self, count):
+        for index in range(count):
+            image = np.full((8, 8, 1), index * 10, np.uint8)
+            yield index, {"image": image, "label": index % 3}
+
+
+def load(source, name="mnist", val_split=None):
+    return data.load_dataset(name, str(source), val_split)
+
+
+def save_npz(path, **arrays):
+    rng = np.random.default_rng(1)
+    splits = {
+        "x_train": rng.integers(0, 256, (12, 20, 24), dtype=np.uint8),
+        "y_train": rng.integers(0, 4, 12),
+        "x_test": rng.integers(0, 256, (5, 20, 24), dtype=np.uint8),
+        "y_test": rng.integers(0, 4, 5),
+    }
+    splits.update(arrays)
+    np.savez(path, **{k: v for k, v in splits.items() if v is not None})
+    return path
+
+
+# ----------------------------------------------------------------------------- IDX, npz
+
+
 def test_real_mnist_idx_files(mnist_dir):
-    arrays = data.load_mnist(str(mnist_dir))
-    assert arrays.x_train.shape == (60000, 28, 28) and arrays.x_test.shape == (10000, 28, 28)
+    arrays = load(mnist_dir)
+    assert arrays.x_train.shape == (60000, 28, 28, 1) and arrays.x_test.shape == (10000, 28, 28, 1)
     assert arrays.x_train.dtype == np.uint8 and arrays.y_train.dtype == np.int32
+    assert (arrays.image_shape, arrays.num_classes, arrays.name) == ((28, 28, 1), 10, "mnist")
     assert sorted(np.unique(arrays.y_test)) == list(range(10))
     assert arrays.y_train[:5].tolist() == [5, 0, 4, 1, 9]  # MNIST's well-known first labels
 
@@ -23,18 +78,144 @@ def test_uncompressed_idx_and_limits(small_idx_dir, tmp_path):
     plain.mkdir()
     for path in small_idx_dir.iterdir():
         (plain / path.name[:-3]).write_bytes(gzip.decompress(path.read_bytes()))
-    gz, raw = data.load_mnist(str(small_idx_dir)), data.load_mnist(str(plain))
+    gz, raw = load(small_idx_dir), load(plain)
     np.testing.assert_array_equal(gz.x_train, raw.x_train)
     limited = raw.limited(10, 5)
     assert len(limited.x_train) == 10 and len(limited.y_test) == 5
 
 
-def test_npz(small_idx_dir, tmp_path):
-    arrays = data.load_mnist(str(small_idx_dir))
+def test_npz_round_trip(small_idx_dir, tmp_path):
+    arrays = load(small_idx_dir)
     path = arrays.save_npz(tmp_path / "mnist.npz")
-    for source in (path, tmp_path):  # the file, or a folder holding mnist.npz
-        loaded = data.load_mnist(str(source))
+    for source in (path, tmp_path):  # the file, or a folder holding <dataset>.npz
+        loaded = load(source)
         np.testing.assert_array_equal(loaded.x_test, arrays.x_test)
+        assert loaded.fingerprint() == arrays.fingerprint()
+
+
+def test_npz_of_other_shapes_channels_and_classes(tmp_path):
+    rng = np.random.default_rng(2)
+    colour = save_npz(
+        tmp_path / "faces.npz",
+        x_train=rng.integers(0, 256, (7, 32, 30, 3), dtype=np.uint8),
+        y_train=rng.integers(0, 5, (7, 1)),  # Keras' CIFAR labels are (N, 1)
+        x_test=rng.integers(0, 256, (4, 32, 30, 3), dtype=np.uint8),
+        y_test=np.array([0, 1, 2, 3], np.uint8),
+        x_val=rng.integers(0, 256, (3, 32, 30, 3), dtype=np.uint8),
+        y_val=np.array([4, 0, 1]),
+        num_classes=np.array(6),
+    )
+    arrays = load(colour, val_split="val")
+    assert arrays.x_train.shape == (7, 32, 30, 3) and arrays.y_train.shape == (7,)
+    assert (arrays.image_shape, arrays.num_classes, arrays.name) == ((32, 30, 3), 6, "faces")
+    assert arrays.x_val.shape == (3, 32, 30, 3) and arrays.y_val.tolist() == [4, 0, 1]
+    assert arrays.source == f"npz {colour}"
+    grey = load(save_npz(tmp_path / "grey.npz"))
+    assert grey.x_train.shape == (12, 20, 24, 1) and grey.num_classes == 4  # largest label + 1
+
+
+def test_validation_split_feeds_the_per_epoch_evaluation(tmp_path):
+    path = save_npz(
+        tmp_path / "a.npz", x_dev=np.full((3, 20, 24), 255, np.uint8), y_dev=np.array([1, 2, 3])
+    )
+    arrays = load(path, val_split="dev")
+    batches = list(data.validation_dataset(arrays, 2).as_numpy_iterator())
+    assert np.concatenate([b[1] for b in batches]).tolist() == [1, 2, 3]
+    assert all(np.all(b[0] == 255.0) for b in batches)  # raw pixels: the model rescales
+    plain = load(path)
+    test_labels = np.concatenate([b[1] for b in data.validation_dataset(plain, 8)])
+    assert test_labels.tolist() == plain.y_test.tolist()  # no --val_split: the test set
+    with pytest.raises(data.DataError, match="lacks the arrays x_holdout, y_holdout"):
+        load(path, val_split="holdout")
+    for split in ("train", "test"):
+        with pytest.raises(data.DataError, match=f"--val_split {split}: name a third split"):
+            load(path, val_split=split)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (dict(x_train=np.zeros((12, 20), np.uint8)), r"shape \(12, 20\), expected \(N, H, W\)"),
+        (dict(x_test=np.zeros((5, 1, 20, 24, 1), np.uint8)), "test images have shape"),
+        (dict(x_test=np.zeros((5, 24, 20), np.uint8)), "image shapes differ between splits"),
+        (
+            dict(x_train=np.random.default_rng(0).random((12, 20, 24))),
+            r"float64, not uint8; values in \[.*\] look scaled to \[0, 1\]: multiply by 255",
+        ),
+        (dict(x_train=np.full((12, 20, 24), 7)), r"int64, not uint8; cast them with .astype"),
+        (dict(x_train=np.full((12, 20, 24), 300.0)), "rescale to 0-255"),
+        (dict(y_train=np.array(["cat"] * 12)), r"train labels are strings \(<U3\)"),
+        (dict(y_test=np.full(5, 1.0)), r"test labels are floats \(float64\)"),
+        (dict(y_test=np.array([0, 1, -1, 2, 3])), "test labels include -1"),
+        (dict(num_classes=np.array(3)), r"outside 0..2 \(3 classes\)"),
+        (dict(num_classes=np.array(2.5)), "num_classes must be a positive integer scalar"),
+        (
+            dict(x_test=np.zeros((0, 20, 24), np.uint8), y_test=np.zeros(0, int)),
+            "test split is empty",
+        ),
+        (dict(y_train=np.zeros(11, int)), r"12 train images but labels of shape \(11,\)"),
+        (dict(y_test=None), "lacks the arrays y_test"),
+        (dict(y_test=np.array([0, 1, 2, 3, 70000])), "70001 classes .* at most 65536"),
+    ],
+    ids=[
+        "ndim-2",
+        "ndim-5",
+        "shape-mismatch",
+        "float-0-1",
+        "int64",
+        "float-255",
+        "string-labels",
+        "float-labels",
+        "negative-label",
+        "label-out-of-range",
+        "bad-num-classes",
+        "empty-split",
+        "count-mismatch",
+        "missing-array",
+        "huge-label",
+    ],
+)
+def test_npz_refusals(tmp_path, arrays, message):
+    with pytest.raises(data.DataError, match=message) as error:
+        load(save_npz(tmp_path / "bad.npz", **arrays))
+    assert "\n" not in str(error.value)
+
+
+def test_npz_with_objects_text_or_pickle_never_mentions_allow_pickle(tmp_path):
+    objects = save_npz(tmp_path / "objects.npz", y_train=np.array([1, "a"] * 6, dtype=object))
+    text = tmp_path / "text.npz"
+    text.write_text("x_train,y_train\n1,2\n")
+    pickled = tmp_path / "pickled.npz"
+    pickled.write_bytes(pickle.dumps({"x_train": [1, 2]}))
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as stream:
+        np.save(stream, np.zeros(3))
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    raw_member = save_npz(tmp_path / "raw.npz")
+    with zipfile.ZipFile(raw_member, "a") as archive:
+        archive.writestr("x_val", "not an array")
+        archive.writestr("y_val.npy", "nor this")
+    gz = tmp_path / "images.gz"
+    gz.write_bytes(gzip.compress(b"idx"))
+    for path, message in (
+        (objects, "array y_train holds Python objects"),
+        (text, r"not an npz archive \(it is a text file\)"),
+        (pickled, r"not an npz archive \(it is a Python pickle\)"),
+        (single, r"a single .npy array"),
+        (empty, r"it is empty"),
+        (raw_member, "member x_val is not a .npy array"),
+        (gz, "gzip-compressed; for IDX files give their folder"),
+    ):
+        with pytest.raises(data.DataError, match=message) as error:
+            load(path, val_split="val" if path == raw_member else None)
+        assert "allow_pickle" not in str(error.value)
+
+
+def test_broken_npz(tmp_path):
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 this is no zip")
+    with pytest.raises(data.DataError, match="not a readable npz archive"):
+        load(tmp_path / "broken.npz")
 
 
 @pytest.mark.parametrize(
@@ -67,55 +248,189 @@ def test_npz(small_idx_dir, tmp_path):
             "not even an IDX header",
         ),
         (
-            lambda d: write_idx(d / "train-labels-idx1-ubyte", np.full(40, 12), 2049),
-            "labels outside 0..9",
-        ),
-        (
             lambda d: write_idx(d / "train-labels-idx1-ubyte", np.zeros(39), 2049),
             "40 train images but labels of shape",
         ),
     ],
-    ids=[
-        "missing",
-        "wrong-magic",
-        "truncated",
-        "not-gzip",
-        "header-cut",
-        "bad-labels",
-        "count-mismatch",
-    ],
+    ids=["missing", "wrong-magic", "truncated", "not-gzip", "header-cut", "count-mismatch"],
 )
 def test_damaged_idx_files_are_clear_errors(small_idx_dir, damage, message):
     damage(small_idx_dir)
     with pytest.raises(data.DataError, match=message):
-        data.load_mnist(str(small_idx_dir))
+        load(small_idx_dir)
 
 
-def test_broken_npz(tmp_path):
-    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 this is no zip")
-    with pytest.raises(data.DataError, match="not a readable npz archive"):
-        data.load_mnist(str(tmp_path / "broken.npz"))
-    np.savez(tmp_path / "partial.npz", x_train=np.zeros((1, 28, 28)))
-    with pytest.raises(data.DataError, match="lacks the arrays y_train, x_test, y_test"):
-        data.load_mnist(str(tmp_path / "partial.npz"))
+def test_deflate_corrupt_gz_is_one_line(small_idx_dir):
+    path = small_idx_dir / "train-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[20:60] = bytes(range(200, 240))  # inside the deflate stream, after the gzip header
+    path.write_bytes(bytes(raw))
+    with pytest.raises(data.DataError, match=f"cannot read {path}") as error:
+        load(small_idx_dir)
+    assert "\n" not in str(error.value)
 
 
-def test_missing_empty_and_unrelated_data_dirs(tmp_path):
+def test_missing_empty_unrelated_and_special_data_dirs(tmp_path):
     with pytest.raises(data.DataError, match="does not exist"):
-        data.load_mnist(str(tmp_path / "nowhere"))
+        load(tmp_path / "nowhere")
     with pytest.raises(data.DataError, match="is empty"):
-        data.load_mnist(str(tmp_path))
+        load(tmp_path)
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(data.DataError, match="holds neither"):
-        data.load_mnist(str(tmp_path))
+    with pytest.raises(data.DataError, match="holds neither IDX files, mnist.npz nor a TFDS"):
+        load(tmp_path)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path, kind in ((os.devnull, "character device"), (fifo, "named pipe")):
+        with pytest.raises(data.DataError, match=f"is a {kind}, not a regular file") as error:
+            load(path)
+        assert "does not exist" not in str(error.value)
+
+
+def test_fingerprint_is_stable_and_tracks_every_change(tmp_path):
+    path = save_npz(tmp_path / "a.npz")
+    first, again = load(path), load(path)
+    assert first.fingerprint() == again.fingerprint()
+    assert len(first.fingerprint()) == 16
+    changed = first.x_test.copy()
+    changed[4, 19, 23, 0] ^= 1
+    variants = [
+        save_npz(tmp_path / "pixel.npz", x_test=changed[..., 0]),
+        save_npz(tmp_path / "label.npz", y_train=np.r_[first.y_train[:-1], 3 - first.y_train[-1]]),
+        save_npz(tmp_path / "classes.npz", num_classes=np.array(9)),
+    ]
+    prints = {first.fingerprint()} | {load(v).fingerprint() for v in variants}
+    prints.add(first.limited(11, None).fingerprint())
+    assert len(prints) == 5
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+@pytest.mark.parametrize(
+    "name, val_split, shape, classes",
+    [
+        ("fashion_mnist", None, (28, 28, 1), 10),
+        ("cifar10", None, (32, 32, 3), 10),
+        ("svhn_cropped", "extra", (32, 32, 3), 10),
+        ("cifar100", None, (32, 32, 3), 100),
+    ],
+)
+def test_mocked_tfds_sets(monkeypatch, name, val_split, shape, classes):
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    with tfds.testing.mock_data(num_examples=12):
+        arrays = data.load_dataset(name, None, val_split)
+    assert arrays.x_train.shape == (12, *shape) and arrays.x_test.shape == (12, *shape)
+    assert arrays.x_train.dtype == np.uint8
+    assert (arrays.image_shape, arrays.num_classes, arrays.name) == (shape, classes, name)
+    assert 0 <= arrays.y_train.min() and arrays.y_train.max() < classes
+    assert arrays.source.startswith(f"tensorflow-datasets {name} (")
+    assert (arrays.x_val is not None) == (val_split is not None)
 
 
 def test_offline_without_prepared_tfds_fails_fast_naming_the_fix(tmp_path):
     start = time.monotonic()
     with pytest.raises(data.DataError, match="--data_dir") as error:
-        data.load_tfds(str(tmp_path / "tfds"))
-    assert "tfds build mnist" in str(error.value)
+        data.load_tfds("cifar10", str(tmp_path / "tfds"))
+    assert "tfds build cifar10" in str(error.value) and "network is unreachable" in str(error.value)
     assert time.monotonic() - start < 10
+
+
+def test_real_tfds_folder_missing_split_and_broken_info(tmp_path):
+    TinyTrainOnly(data_dir=str(tmp_path)).download_and_prepare()
+    with pytest.raises(data.DataError, match=r"tiny_train_only has no 'test' split \(it has"):
+        load(tmp_path, "tiny_train_only")
+    with pytest.raises(data.DataError, match="has no 'test' and no 'holdout' split"):
+        load(tmp_path, "tiny_train_only", val_split="holdout")
+    info = next(tmp_path.glob("tiny_train_only/*/dataset_info.json"))
+    info.write_text('{"name": "tiny_train_only", broken')
+    with pytest.raises(data.DataError, match="TFDS folder in .* is damaged") as error:
+        load(tmp_path, "tiny_train_only")
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(data.DataError, match="unknown dataset 'no_such_set'"):
+        data.load_dataset("no_such_set")
+
+
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        (
+            {
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "label": tfds.features.ClassLabel(num_classes=2),
+            },
+            r"images vary in size \(shape \(None, None, 3\)\)",
+        ),
+        (
+            {
+                "image": tfds.features.Image(shape=(8, 8, 1)),
+                "label": tfds.features.Tensor(shape=(), dtype=np.float32),
+            },
+            "not integer class labels",
+        ),
+        ({"image": tfds.features.Image(shape=(8, 8, 1))}, "lacks the feature 'label'"),
+        (
+            {
+                "image": tfds.features.Image(shape=(8, 8, 1), dtype=np.uint16),
+                "label": tfds.features.ClassLabel(num_classes=2),
+            },
+            "images are uint16",
+        ),
+    ],
+    ids=["varying-size", "float-label", "no-label", "uint16"],
+)
+def test_tfds_metadata_refusals(features, message):
+    with pytest.raises(data.DataError, match=f"some_set: .*{message}|some_set {message}"):
+        data.tfds_metadata("some_set", tfds.features.FeaturesDict(features))
+
+
+def test_bundled_mnist_when_nothing_else_is_there_and_no_tfds_warning(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "no-tfds-here"))
+    with caplog.at_level(logging.WARNING):
+        arrays = data.load_dataset("mnist")
+    assert arrays.source == f"bundled copy of MNIST in {data.BUNDLED_MNIST}"
+    assert arrays.x_train.shape == (60000, 28, 28, 1) and arrays.y_train[:3].tolist() == [5, 0, 4]
+    assert not [r for r in caplog.records if "dataset_info" in r.getMessage()]
+    with pytest.raises(data.DataError, match="bundled MNIST holds train and test only"):
+        data.load_dataset("mnist", None, "validation")
+
+
+def test_bundled_mnist_when_the_tfds_download_fails(tmp_path, monkeypatch):
+    def fail(self, *args, **kwargs):
+        raise ConnectionError("the proxy said no")
+
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "no-tfds-here"))
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
+    assert data.load_dataset("mnist").source.startswith("bundled copy of MNIST in")
+    with pytest.raises(data.DataError, match="cifar10: download or preparation failed: the proxy"):
+        data.load_dataset("cifar10")
+
+
+# ----------------------------------------------------------------------------- spatial MNIST
+
+
+def test_spatial_mnist_rotates_and_inverts_each_quadrant(small_idx_dir):
+    mnist = load(small_idx_dir)
+    spatial = load(small_idx_dir, data.SPATIAL_MNIST)
+    assert spatial.name == "spatial_mnist" and spatial.image_shape == (28, 28, 1)
+    np.testing.assert_array_equal(spatial.y_train, mnist.y_train)
+    image, out = mnist.x_train[3, ..., 0].astype(int), spatial.x_train[3, ..., 0].astype(int)
+    for r in range(14):
+        for c in range(14):
+            # np.rot90 by k quarter turns maps (r, c) of the result to these source pixels.
+            assert out[r, c] == image[r, c]
+            assert out[r, 14 + c] == 255 - image[c, 14 + 13 - r]
+            assert out[14 + r, 14 + c] == image[14 + 13 - r, 14 + 13 - c]
+            assert out[14 + r, c] == 255 - image[14 + 13 - c, r]
+    assert spatial.fingerprint() == load(small_idx_dir, data.SPATIAL_MNIST).fingerprint()
+
+
+# ----------------------------------------------------------------------------- pipelines
 
 
 def test_network_probe_gives_up_on_refusal(monkeypatch):
@@ -126,18 +441,8 @@ def test_network_probe_gives_up_on_refusal(monkeypatch):
     assert data.network_available() is False
 
 
-def test_mock_tfds(tmp_path, monkeypatch):
-    import tensorflow_datasets as tfds
-
-    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
-    with tfds.testing.mock_data(num_examples=24):
-        arrays = data.load_mnist(None)
-    assert arrays.x_train.shape == (24, 28, 28) and arrays.x_test.shape == (24, 28, 28)
-    assert arrays.source.startswith("tensorflow-datasets")
-
-
 def test_train_pipeline_order_depends_only_on_seed_and_epoch(small_idx_dir):
-    arrays = data.load_mnist(str(small_idx_dir))
+    arrays = load(small_idx_dir)
 
     def epochs(start, stop, seed=5):
         batches = list(data.train_dataset(arrays, 16, seed, range(start, stop)).as_numpy_iterator())
@@ -152,15 +457,40 @@ def test_train_pipeline_order_depends_only_on_seed_and_epoch(small_idx_dir):
         np.concatenate([b[0] for b in full[0]]),
         np.concatenate([b[1] for b in full[0]]),
     )
-    assert images.dtype == np.float32 and images.min() >= 0 and images.max() <= 1
+    assert images.dtype == np.float32 and images.min() >= 0 and images.max() > 1  # 0-255
     assert sorted(labels.tolist()) == sorted(arrays.y_train.tolist())  # a permutation
     other = epochs(0, 1, seed=6)
     assert not np.array_equal(other[0][0][1], full[0][0][1])
 
 
-def test_test_pipeline_scales_in_order(small_idx_dir):
-    arrays = data.load_mnist(str(small_idx_dir))
+def test_test_pipeline_keeps_raw_pixels_in_order(small_idx_dir):
+    arrays = load(small_idx_dir)
     batches = list(data.test_dataset(arrays, 8).as_numpy_iterator())
     images = np.concatenate([b[0] for b in batches])
-    np.testing.assert_allclose(images[..., 0], arrays.x_test / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(images, arrays.x_test)  # the model rescales
     assert data.steps_per_epoch(arrays, 16) == 3
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_short_run_on_mocked_cifar10(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    config = Config(
+        dataset="cifar10",
+        logdir=str(tmp_path),
+        run_name="cifar",
+        n_epochs=1,
+        n_filters=(4, 6),
+        batch_size=16,
+        seed=3,
+        quiet=True,
+    )
+    with tfds.testing.mock_data(num_examples=32), open(os.devnull, "w") as sink:
+        assert train.run(config, stream=sink) == 0
+    metrics = json.loads((tmp_path / "cifar" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["dataset"] == "cifar10"
+    assert metrics["data"].startswith("tensorflow-datasets cifar10")
+    model = keras.models.load_model(tmp_path / "cifar" / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
+    assert len(list((tmp_path / "cifar" / "kernel_images").glob("sws1_*.png"))) >= 3

@@ -137,7 +137,7 @@ def test_kernel_pngs_and_reloadable_model(full_run, mnist_dir):
     kcp = tf.io.decode_png((run_dir / "kernel_images" / "sws1_kcp.png").read_bytes()).numpy()
     assert kcp.shape == (4 * 8, 24 * 8, 1)  # 4 KCPs x 1 input channel x (7+1) px, 24 filters
     model = keras.models.load_model(run_dir / "model.keras")
-    raw = data.load_mnist(str(mnist_dir)).x_test[:128, ..., None]  # uint8 pixels, as stored
+    raw = data.load_mnist(str(mnist_dir)).x_test[:128]  # uint8 pixels (N, 28, 28, 1), as stored
     checkpoint = keras.models.load_model(run_dir / "checkpoints" / "epoch-2" / "model.keras")
     predictions = model.predict(raw, verbose=0)
     np.testing.assert_allclose(predictions, checkpoint.predict(raw, verbose=0), rtol=1e-6)
