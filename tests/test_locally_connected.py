@@ -297,3 +297,25 @@ def test_docstring_example_runs():
         t for t in doctest.DocTestFinder().find(LocallyConnected2D, globs=globs) if t.examples
     ]
     assert doctest.DocTestRunner().run(test).failed == 0
+
+
+@pytest.mark.parametrize("initializer", ["glorot_uniform", "he_uniform"])
+def test_fan_based_initializers_count_one_cells_fans_as_conv2d(initializer):
+    layer = built_layer((1, 12, 12, 2), filters=6, kernel_size=3, kernel_initializer=initializer)
+    kernel = layer.local_kernels()
+    fan_in, fan_out = 3 * 3 * 2, 3 * 3 * 6  # Conv2D's fans for a (3, 3, 2, 6) kernel
+    limit = np.sqrt(6 / (fan_in + fan_out) if initializer == "glorot_uniform" else 6 / fan_in)
+    # Uniform in [-limit, limit]: 6000 draws reach close to both ends.
+    assert np.abs(kernel).max() <= limit + 1e-6
+    assert np.abs(kernel).max() > 0.95 * limit
+    assert not np.allclose(kernel[0, 0], kernel[9, 9])
+    assert layer.get_config()["kernel_initializer"]["config"].get("input_axes") is None
+
+
+def test_initializer_with_its_own_axes_is_left_alone():
+    initializer = keras.initializers.VarianceScaling(
+        1.0, "fan_in", "uniform", input_axes=[0, 1, 2, 3, 4], output_axes=[5]
+    )
+    layer = built_layer((1, 6, 6, 1), filters=2, kernel_size=3, kernel_initializer=initializer)
+    limit = np.sqrt(3 / (4 * 4 * 3 * 3))  # fan_in over the whole kernel: 144
+    assert np.abs(layer.local_kernels()).max() <= limit + 1e-6
