@@ -73,6 +73,13 @@ class LocallyConnected2D(keras.layers.Layer):
             `kernel.reshape(H' * W', kh * kw * in_channels, filters)`.
         bias: `(H', W', filters)`.
 
+    Migrating from Keras 2 (`tf_keras.layers.LocallyConnected2D`): the
+    arguments are the same (`data_format` is channels-last only, and there is
+    one implementation instead of three); the bias layout is the same; the
+    kernel is reshaped as above. `padding="same"` pads as `Conv2D` does;
+    Keras 2's (implementations 2 and 3) put `kernel // 2` pixels before,
+    which is the same only for odd kernels at stride 1.
+
     Input shape:
         4D tensor `(batch, rows, cols, channels)` with static rows, cols and
         channels (the kernel's shape depends on them).
