@@ -74,9 +74,9 @@ class LocallyConnected2D(keras.layers.Layer):
         bias: `(H', W', filters)`.
 
     Migrating from Keras 2 (`tf_keras.layers.LocallyConnected2D`): the
-    arguments are the same (`data_format` is channels-last only, and there is
-    one implementation instead of three); the bias layout is the same; the
-    kernel is reshaped as above. `padding="same"` pads as `Conv2D` does;
+    arguments are the same less `data_format` (channels-last only) and
+    `implementation` (one implementation, not three); the bias layout is the
+    same; the kernel is reshaped as above. `padding="same"` pads as `Conv2D` does;
     Keras 2's (implementations 2 and 3) put `kernel // 2` pixels before,
     which is the same only for odd kernels at stride 1.
 
