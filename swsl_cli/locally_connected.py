@@ -78,7 +78,7 @@ class LocallyConnected2D(keras.layers.Layer):
     `implementation` (one implementation, not three); the bias layout is the
     same; the kernel is reshaped as above. `padding="same"` pads as `Conv2D` does;
     Keras 2's (implementations 2 and 3) put `kernel // 2` pixels before,
-    which is the same only for odd kernels at stride 1.
+    which matches it at every input size only for odd kernels at stride 1.
 
     Input shape:
         4D tensor `(batch, rows, cols, channels)` with static rows, cols and
