@@ -197,15 +197,23 @@ def main() -> int:
     add("swsl-train --help", help_seconds(), "s", "median of 5; goal <= 0.3")
 
     for name, shape, filters, kernel, input_gradient in (
-        ("sws1", (64, 28, 28, 1), 24, 7, False),
-        ("sws2", (64, 14, 14, 24), 48, 3, True),
+        ("layer 1", (64, 28, 28, 1), 24, 7, False),
+        ("layer 2", (64, 14, 14, 24), 48, 3, True),
     ):
-        for implementation in ("conv", "local", "LocallyConnected2D", "Conv2D"):
+        times = {
+            implementation: layer_step_ms(implementation, shape, filters, kernel, input_gradient)
+            for implementation in ("Conv2D", "conv", "local", "LocallyConnected2D")
+        }
+        for implementation, ms in times.items():
+            kind = (
+                f"SWS {implementation}" if implementation in ("conv", "local") else implementation
+            )
+            ratio = "" if implementation == "Conv2D" else f"{ms / times['Conv2D']:.2f} x Conv2D; "
             add(
-                f"{name} layer fwd+bwd, {implementation}",
-                layer_step_ms(implementation, shape, filters, kernel, input_gradient),
+                f"{name} fwd+bwd, {kind}",
+                ms,
                 "ms",
-                f"input {shape}" + ("" if input_gradient else ", no input gradient"),
+                ratio + f"input {shape}" + ("" if input_gradient else ", no input gradient"),
             )
 
     machine = (

@@ -8,6 +8,22 @@ from keras import ops
 
 from swsl_cli.local_conv import CellPatches, conv_output_size, positive_pair, standardize_padding
 
+# Axes of the (H', W', kh, kw, C, F) kernel that make up one cell's fans, as
+# Conv2D counts them: fan_in = kh * kw * C, fan_out = kh * kw * F.
+CELL_INPUT_AXES = (2, 3, 4)
+CELL_OUTPUT_AXES = (2, 3, 5)
+
+
+def per_cell_fans(initializer):
+    """`initializer`, made to count one cell's fans if it is fan-based and names no axes."""
+    if not isinstance(initializer, keras.initializers.VarianceScaling) or (
+        initializer.input_axes is not None or initializer.output_axes is not None
+    ):
+        return initializer
+    config = initializer.get_config()
+    config.update(input_axes=list(CELL_INPUT_AXES), output_axes=list(CELL_OUTPUT_AXES))
+    return type(initializer).from_config(config)
+
 
 @keras.saving.register_keras_serializable(package="swsl_cli")
 class LocallyConnected2D(keras.layers.Layer):
@@ -33,10 +49,13 @@ class LocallyConnected2D(keras.layers.Layer):
         padding: `"valid"` or `"same"` (case-insensitive), as `Conv2D`.
         activation: activation function, `None` for none.
         use_bias: bool, whether every cell has a bias per filter.
-        kernel_initializer: initializer of the kernel. It receives the
-            kernel's full shape, so fan-based initializers (the default
-            `"glorot_uniform"`) count every cell in the fans, as Keras 2's
-            layer did: the initial kernels are smaller than a `Conv2D`'s.
+        kernel_initializer: initializer of the kernel. Fan-based ones
+            (`VarianceScaling` and its Glorot, He and LeCun forms, the default
+            `"glorot_uniform"` included) count the fans of one cell's kernel,
+            as `Conv2D` counts its kernel's, unless they set their own
+            `input_axes`/`output_axes`: every cell starts at a `Conv2D`'s
+            scale. (Keras 2 counted every cell, which shrank the initial
+            kernels by about `sqrt(H' * W')`.)
         bias_initializer: initializer of the bias.
         kernel_regularizer: regularizer of the kernel.
         bias_regularizer: regularizer of the bias.
@@ -53,6 +72,13 @@ class LocallyConnected2D(keras.layers.Layer):
             compared directly. Keras 2's `implementation=1` kernel is
             `kernel.reshape(H' * W', kh * kw * in_channels, filters)`.
         bias: `(H', W', filters)`.
+
+    Migrating from Keras 2 (`tf_keras.layers.LocallyConnected2D`): the
+    arguments are the same less `data_format` (channels-last only) and
+    `implementation` (one implementation, not three); the bias layout is the
+    same; the kernel is reshaped as above. `padding="same"` pads as `Conv2D` does;
+    Keras 2's (implementations 2 and 3) put `kernel // 2` pixels before,
+    which matches it at every input size only for odd kernels at stride 1.
 
     Input shape:
         4D tensor `(batch, rows, cols, channels)` with static rows, cols and
@@ -125,7 +151,7 @@ class LocallyConnected2D(keras.layers.Layer):
         self.kernel = self.add_weight(
             name="kernel",
             shape=(*output_size, *self.kernel_size, channels, self.filters),
-            initializer=self.kernel_initializer,
+            initializer=per_cell_fans(self.kernel_initializer),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )

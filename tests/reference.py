@@ -1,4 +1,8 @@
-"""An independent numpy reference of the SISWS formula, written from the issue's contract."""
+"""Independent numpy references, written from the formulas with loops in float64.
+
+The SISWS formula, a locally connected layer and its gradients, and local
+response normalisation.
+"""
 
 import numpy as np
 

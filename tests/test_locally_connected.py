@@ -251,35 +251,58 @@ def test_keras_layer_harness(kwargs, output_shape):
     )
 
 
-def keras2_kernel(kernel, implementation, input_size, strides):
-    """Our `(H', W', kh, kw, C, F)` kernel in Keras 2's layout for `implementation` (valid)."""
+def keras2_kernel(kernel, implementation, input_size, strides, offset=(0, 0)):
+    """Our `(H', W', kh, kw, C, F)` kernel in Keras 2's layout for `implementation`.
+
+    `offset` is the `(top, left)` padding: window `(i, j)` starts at input pixel
+    `(i * sh - top, j * sw - left)`; taps on the padding have no weight there.
+    """
     out_rows, out_cols, kh, kw, channels, filters = kernel.shape
     if implementation == 1:
         return kernel.reshape(out_rows * out_cols, kh * kw * channels, filters)
     # 2 and 3 hold a dense (rows, cols, C, H', W', F) matrix (3 only its nonzero entries).
-    dense = np.zeros((*input_size, channels, out_rows, out_cols, filters), kernel.dtype)
-    for i in range(out_rows):
-        for j in range(out_cols):
-            top, left = i * strides[0], j * strides[1]
-            dense[top : top + kh, left : left + kw, :, i, j, :] = kernel[i, j]
+    rows, cols = input_size
+    dense = np.zeros((rows, cols, channels, out_rows, out_cols, filters), kernel.dtype)
+    for i, j, ti, tj in np.ndindex(out_rows, out_cols, kh, kw):
+        r, c = i * strides[0] + ti - offset[0], j * strides[1] + tj - offset[1]
+        if 0 <= r < rows and 0 <= c < cols:
+            dense[r, c, :, i, j, :] = kernel[i, j, ti, tj]
     return dense
 
 
-@pytest.mark.parametrize("implementation", [1, 2, 3])
-@pytest.mark.parametrize("strides, kernel_size", [((1, 1), 3), ((2, 2), (2, 4)), ((2, 1), 2)])
-def test_same_weights_give_keras2_locally_connected2d_outputs(implementation, strides, kernel_size):
+KERAS2_CASES = [
+    (implementation, "valid", strides, kernel_size)
+    for implementation in (1, 2, 3)
+    for strides, kernel_size in [((1, 1), 3), ((2, 2), (2, 4)), ((2, 1), 2)]
+] + [
+    # Keras 2 pads "same" by kernel // 2 before; Conv2D (and this layer) by half
+    # of what the stride and size leave over, the odd pixel after: the two
+    # always agree only for odd kernels at stride 1.
+    (implementation, "same", (1, 1), kernel_size)
+    for implementation in (2, 3)
+    for kernel_size in (3, (3, 5))
+]
+
+
+@pytest.mark.parametrize("implementation, padding, strides, kernel_size", KERAS2_CASES)
+def test_same_weights_give_keras2_locally_connected2d_outputs(
+    implementation, padding, strides, kernel_size
+):
     tf_keras = pytest.importorskip(
         "tf_keras", reason="tf_keras (Keras 2) is not installed: `pip install tf_keras`"
     )
     rng = np.random.default_rng(7)
     x = rng.random((2, 9, 8, 3)).astype("float32")
-    ours = built_layer(x.shape, filters=4, kernel_size=kernel_size, strides=strides)
+    ours = built_layer(
+        x.shape, filters=4, kernel_size=kernel_size, strides=strides, padding=padding
+    )
     kernel, bias = ours.local_kernels(), ops.convert_to_numpy(ours.bias)
     theirs = tf_keras.layers.LocallyConnected2D(
-        4, kernel_size, strides=strides, implementation=implementation
+        4, kernel_size, strides=strides, padding=padding, implementation=implementation
     )
     theirs.build(x.shape)
-    dense = keras2_kernel(kernel, implementation, x.shape[1:3], strides)
+    offset = (0, 0) if padding == "valid" else tuple(k // 2 for k in kernel.shape[2:4])
+    dense = keras2_kernel(kernel, implementation, x.shape[1:3], strides, offset)
     if implementation == 3:
         rows, cols = kernel.shape[:2]
         matrix = dense.transpose(3, 4, 5, 0, 1, 2).reshape(rows * cols * 4, -1)
@@ -297,3 +320,25 @@ def test_docstring_example_runs():
         t for t in doctest.DocTestFinder().find(LocallyConnected2D, globs=globs) if t.examples
     ]
     assert doctest.DocTestRunner().run(test).failed == 0
+
+
+@pytest.mark.parametrize("initializer", ["glorot_uniform", "he_uniform"])
+def test_fan_based_initializers_count_one_cells_fans_as_conv2d(initializer):
+    layer = built_layer((1, 12, 12, 2), filters=6, kernel_size=3, kernel_initializer=initializer)
+    kernel = layer.local_kernels()
+    fan_in, fan_out = 3 * 3 * 2, 3 * 3 * 6  # Conv2D's fans for a (3, 3, 2, 6) kernel
+    limit = np.sqrt(6 / (fan_in + fan_out) if initializer == "glorot_uniform" else 6 / fan_in)
+    # Uniform in [-limit, limit]: 6000 draws reach close to both ends.
+    assert np.abs(kernel).max() <= limit + 1e-6
+    assert np.abs(kernel).max() > 0.95 * limit
+    assert not np.allclose(kernel[0, 0], kernel[9, 9])
+    assert layer.get_config()["kernel_initializer"]["config"].get("input_axes") is None
+
+
+def test_initializer_with_its_own_axes_is_left_alone():
+    initializer = keras.initializers.VarianceScaling(
+        1.0, "fan_in", "uniform", input_axes=[0, 1, 2, 3, 4], output_axes=[5]
+    )
+    layer = built_layer((1, 6, 6, 1), filters=2, kernel_size=3, kernel_initializer=initializer)
+    limit = np.sqrt(3 / (4 * 4 * 3 * 3))  # fan_in over the whole kernel: 144
+    assert np.abs(layer.local_kernels()).max() <= limit + 1e-6
