@@ -22,11 +22,14 @@ import time
 from pathlib import Path
 
 # The README's commands (the original's two first) and whether the accuracy
-# floor applies: the hard-sharing baseline is there for comparison only.
+# floor applies: the two ends of the spectrum (hard sharing, no sharing) are
+# there for comparison only.
 COMMANDS = {
     "swsl-train": True,
     "swsl-train --centroids_trainable --n_filters 24 48 --centroid_grid 3 3": True,
+    "swsl-train --kcp_init shared": True,
     "swsl-train --layer conv": False,
+    "swsl-train --layer local": False,
 }
 FULL_EPOCHS = 10
 FULL_FLOOR = 0.993  # the goal at the README's full budget
@@ -125,6 +128,14 @@ def spatial_benchmark(args, stamp: str, bin_dir: Path) -> tuple[list[str], bool]
     return table, failed
 
 
+def runs_table(logdir: str, stamp: str) -> str:
+    """The `--compare` markdown table of this reproduction's runs (parameters included)."""
+    from swsl_cli import compare
+
+    rows = compare.collect(Path(logdir), warn=lambda line: print(line, file=sys.stderr))
+    return compare.render([r for r in rows if r.name.startswith(f"reproduce-{stamp}")], "markdown")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=FULL_EPOCHS)
@@ -199,6 +210,12 @@ def main() -> int:
         spatial_table, spatial_failed = spatial_benchmark(args, stamp, bin_dir)
         table += spatial_table
         failed |= spatial_failed
+    table += [
+        "",
+        "Every run of this reproduction (`swsl-train --compare`):",
+        "",
+        runs_table(args.logdir, stamp),
+    ]
     print("\n".join(table))
     Path(args.logdir).mkdir(parents=True, exist_ok=True)
     (Path(args.logdir) / f"reproduce-{stamp}.md").write_text("\n".join(table) + "\n")
