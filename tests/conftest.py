@@ -35,6 +35,12 @@ def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) 
 
 
 @pytest.fixture
+def rng() -> np.random.Generator:
+    """A generator seeded per test: no random state shared between tests."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
 def small_idx_dir(tmp_path) -> Path:
     """A tiny MNIST-shaped IDX folder: 40 train, 20 test random images."""
     rng = np.random.default_rng(0)

@@ -11,8 +11,6 @@ from swsl_cli import summaries, visualize
 from swsl_cli.config import Config
 from swsl_cli.layers import SoftWeightSharingConv2D
 
-RNG = np.random.default_rng(5)
-
 
 class PerCellKernels(keras.layers.Layer):
     """Stands in for a locally connected layer: only `local_kernels()` matters here."""
@@ -40,8 +38,8 @@ def three_kinds_with_one_kernel(kernel):
     return model
 
 
-def test_conv_sws_and_locally_connected_layers_get_the_same_picture_of_the_same_kernels():
-    kernel = RNG.normal(size=(3, 3, 2, 4)).astype("float32")
+def test_conv_sws_and_locally_connected_layers_get_the_same_picture_of_the_same_kernels(rng):
+    kernel = rng.normal(size=(3, 3, 2, 4)).astype("float32")
     views = summaries.layer_views(three_kinds_with_one_kernel(kernel))
     assert [view.name for view in views] == ["conv", "sws", "local"]
     assert [view.cell_kernels.shape for view in views] == [(4, 4, 3, 3, 2, 4)] * 3
@@ -57,11 +55,11 @@ def test_conv_sws_and_locally_connected_layers_get_the_same_picture_of_the_same_
     assert png[0].shape == (2 * 17 * 2, 4 * 17 * 2)  # 2 inputs x 4 filters, 8 px per weight
 
 
-def test_the_real_locally_connected_layer_is_drawn_from_its_own_per_cell_kernels():
+def test_the_real_locally_connected_layer_is_drawn_from_its_own_per_cell_kernels(rng):
     local_module = pytest.importorskip(
         "swsl_cli.locally_connected", reason="LocallyConnected2D is not on this branch yet"
     )
-    kernel = RNG.normal(size=(3, 3, 2, 4)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 2, 4)).astype("float32")
     inputs = keras.Input((12, 12, 2))
     conv = keras.layers.Conv2D(4, 3, padding="same", name="conv")
     local = local_module.LocallyConnected2D(4, 3, padding="same", name="local")
@@ -207,6 +205,7 @@ def test_hparams_and_final_metrics_read_back_with_tensorboards_parsers(tmp_path)
     infos = {info.name: info for info in experiment.hparam_infos}
     assert set(infos) == set(values)
     assert {name for name, info in infos.items() if info.differs} == {
+        "dataset",
         "layer",
         "centroid_grid",
         "n_centroids",

@@ -5,8 +5,6 @@ import pytest
 
 from swsl_cli import visualize
 
-RNG = np.random.default_rng(3)
-
 
 def one_hot_similarity(rows, cols, groups, count, nearest):
     sims = np.zeros((rows, cols, groups, count))
@@ -14,8 +12,8 @@ def one_hot_similarity(rows, cols, groups, count, nearest):
     return sims
 
 
-def test_weighted_kernels_mix_kcp_kernels_by_similarity():
-    kernels = RNG.normal(size=(3, 3, 2, 4, 2))
+def test_weighted_kernels_mix_kcp_kernels_by_similarity(rng):
+    kernels = rng.normal(size=(3, 3, 2, 4, 2))
     sims = np.zeros((2, 2, 1, 2))
     sims[0, 0, 0] = (1, 0)
     sims[1, 1, 0] = (0.25, 0.75)
@@ -25,8 +23,8 @@ def test_weighted_kernels_mix_kcp_kernels_by_similarity():
     np.testing.assert_allclose(mixed[1, 1], 0.25 * kernels[..., 0] + 0.75 * kernels[..., 1])
 
 
-def test_per_feature_similarity_weights_each_filter_with_its_own_coefficients():
-    kernels = RNG.normal(size=(2, 2, 1, 3, 2))
+def test_per_feature_similarity_weights_each_filter_with_its_own_coefficients(rng):
+    kernels = rng.normal(size=(2, 2, 1, 3, 2))
     sims = np.zeros((1, 1, 3, 2))
     sims[0, 0, :, 1] = 1.0
     sims[0, 0, 2] = (1, 0)
@@ -35,9 +33,9 @@ def test_per_feature_similarity_weights_each_filter_with_its_own_coefficients():
     np.testing.assert_allclose(mixed[0, 0, ..., 2], kernels[..., 2, 0])
 
 
-def test_kernel_tiles_layout_scale_and_separators():
-    kernels = RNG.normal(size=(3, 3, 2, 5, 4))
-    sims = RNG.random((10, 10, 1, 4))
+def test_kernel_tiles_layout_scale_and_separators(rng):
+    kernels = rng.normal(size=(3, 3, 2, 5, 4))
+    sims = rng.random((10, 10, 1, 4))
     sampled = visualize.sample_cells(sims)
     tiles = visualize.kernel_tiles(visualize.weighted_kernels(kernels, sampled))
     # every third cell of 10 -> 4 samples; 4 * (3 + 1) + 1 pixels
@@ -56,8 +54,8 @@ def test_constant_kernel_scales_to_zero_not_nan():
     assert np.isfinite(scaled).all() and (scaled == 0).all()
 
 
-def test_color_coded_tiles_tint_by_nearest_centroid():
-    kernels = RNG.normal(size=(3, 3, 1, 2, 3))
+def test_color_coded_tiles_tint_by_nearest_centroid(rng):
+    kernels = rng.normal(size=(3, 3, 1, 2, 3))
     sims = one_hot_similarity(4, 4, 1, 3, nearest=2)
     cells = visualize.weighted_kernels(kernels, sims)
     colored = visualize.color_coded_tiles(cells, sims)
@@ -82,15 +80,15 @@ def test_palette_starts_with_the_twelve_paired_colours_and_extends_for_any_count
 
 
 @pytest.mark.parametrize("count", [1, 12, 13, 50])
-def test_colour_coding_and_centroid_map_for_any_centroid_count(count):
-    kernels = RNG.normal(size=(3, 3, 1, 2, count))
-    sims = RNG.random((9, 9, 1, count))
+def test_colour_coding_and_centroid_map_for_any_centroid_count(count, rng):
+    kernels = rng.normal(size=(3, 3, 1, 2, count))
+    sims = rng.random((9, 9, 1, count))
     colored = visualize.color_coded_tiles(visualize.weighted_kernels(kernels, sims), sims)
     assert colored.shape == (1, 2, 9 * 4 + 1, 9 * 4 + 1, 3)
     nearest = sims[0, 0, 0].argmax()  # the tile at cell (0, 0) wears its centroid's colour
     brightest = colored[0, 0, 1:4, 1:4].reshape(-1, 3).max(axis=0)
     np.testing.assert_allclose(brightest, visualize.palette(count)[nearest], atol=1e-6)
-    centroids = RNG.random((1, count, 2))
+    centroids = rng.random((1, count, 2))
     image = visualize.centroid_map(sims, centroids)
     assert image.shape == (9, 9, 3) and np.isfinite(image).all()
 
@@ -110,8 +108,8 @@ def test_sample_step_grows_with_the_output_so_at_most_ten_cells_a_side_are_drawn
     assert visualize.sample_cells(np.zeros((28, 28, 1, 4))).shape == (10, 10, 1, 4)
 
 
-def test_shared_kernels_are_the_conv_kernel_at_every_cell():
-    kernel = RNG.normal(size=(3, 3, 2, 4))
+def test_shared_kernels_are_the_conv_kernel_at_every_cell(rng):
+    kernel = rng.normal(size=(3, 3, 2, 4))
     cells = visualize.shared_kernels(kernel, 5, 6)
     assert cells.shape == (5, 6, 3, 3, 2, 4)
     np.testing.assert_array_equal(cells[4, 5], kernel)
@@ -165,8 +163,8 @@ def test_centroid_map_marks_centroids_and_colours_regions():
     assert (image[4, 6] == 0).all()  # centroid 1 at col round(0.75 * 8) = 6
 
 
-def test_mosaic_and_kcp_tiles_shapes():
-    kernels = RNG.normal(size=(3, 3, 2, 4, 5))
+def test_mosaic_and_kcp_tiles_shapes(rng):
+    kernels = rng.normal(size=(3, 3, 2, 4, 5))
     tiles = visualize.kcp_tiles(kernels)
     assert tiles.shape == (10, 4, 4, 4)
     np.testing.assert_allclose(tiles[1, 2, 1:, 1:].max(), 1)  # KCP 0, input channel 1, filter 2
