@@ -1,0 +1,364 @@
+"""Training on several workers: `TF_CONFIG`, the strategy, and what each worker writes.
+
+`--distribute multi_worker` runs one `swsl-train` process per worker, each
+with the same flags and a `TF_CONFIG` naming the whole cluster and its own
+place in it; TensorFlow's `MultiWorkerMirroredStrategy` keeps one replica of
+the model per device and all-reduces the gradients of every step.
+
+- `read_cluster` checks `TF_CONFIG` in pure Python (no TensorFlow), so the
+  CLI refuses a bad one at parse time.
+- `make_strategy` waits a bounded time for every peer, and names the ones
+  that never came up.
+- Only the chief (worker 0, or the `chief` task) writes the run folder; every
+  other worker writes into a temporary folder removed at the end (TF's
+  pattern: all workers run the same callbacks, so their collective steps stay
+  in step).
+- `prepare_model_for_fit` works around Keras 3's `fit` with this strategy
+  (keras-team/keras#20585).
+- Each worker reads the whole data set and keeps its part of every global
+  batch (`AutoShardPolicy.DATA`): the seeded epoch order stays the same as
+  on one machine, so a resumed run sees the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+TF_CONFIG = "TF_CONFIG"
+JOBS = ("chief", "worker")  # the jobs that train; TF's `ps` and `evaluator` are not used here
+PROBE_SECONDS = 1.0
+
+
+class ClusterError(Exception):
+    """`TF_CONFIG` is unusable; the message says what is wrong (a usage error, exit 2)."""
+
+
+class PeerError(Exception):
+    """A peer worker never joined or stopped mid-training (a runtime error, exit 1)."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The workers of `TF_CONFIG` and this process's place among them."""
+
+    jobs: dict[str, tuple[str, ...]]  # job name -> "host:port" of each task
+    task_type: str
+    task_index: int
+
+    @property
+    def tasks(self) -> list[tuple[str, int, str]]:
+        """Every training task as (job, index, address), the chief first."""
+        return [
+            (job, index, address)
+            for job in JOBS
+            for index, address in enumerate(self.jobs.get(job, ()))
+        ]
+
+    @property
+    def size(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def is_chief(self) -> bool:
+        """TF's rule: the `chief` task if there is one, else worker 0."""
+        chief = ("chief", 0) if "chief" in self.jobs else ("worker", 0)
+        return (self.task_type, self.task_index) == chief
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_type} {self.task_index}"
+
+    def peers(self) -> list[tuple[str, str]]:
+        """(name, address) of every other task."""
+        return [
+            (f"{job} {index}", address)
+            for job, index, address in self.tasks
+            if (job, index) != (self.task_type, self.task_index)
+        ]
+
+
+def _address(text, job: str, index: int) -> str:
+    host, _, port = text.rpartition(":") if isinstance(text, str) else ("", "", "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(
+            f"TF_CONFIG cluster {job}[{index}] must be 'host:port', got {json.dumps(text)}"
+        )
+    return text
+
+
+def read_cluster(text: str | None) -> Cluster:
+    """The cluster of a `TF_CONFIG` value; raises `ClusterError` with a one-line reason.
+
+    Expected: {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker",
+    "index": N}}, optionally with one `chief` task in the cluster.
+    """
+    shape = (
+        'expected {"cluster": {"worker": ["host:port", ...]}, '
+        '"task": {"type": "worker", "index": N}}'
+    )
+    if not text or not text.strip():
+        raise ClusterError(
+            "--distribute multi_worker needs the TF_CONFIG environment variable "
+            f"(cluster and task of this worker): {shape}; see the README"
+        )
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ClusterError(f"TF_CONFIG is not valid JSON ({error}); {shape}") from None
+    if not isinstance(value, dict):
+        raise ClusterError(f"TF_CONFIG must be a JSON object; {shape}")
+    cluster, task = value.get("cluster"), value.get("task")
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ClusterError(f"TF_CONFIG lacks its 'cluster' or 'task' object; {shape}")
+    unused = sorted(set(cluster) - set(JOBS))
+    if unused:
+        raise ClusterError(
+            f"TF_CONFIG cluster job {unused[0]!r} is not supported: multi_worker trains with "
+            "'worker' tasks (and optionally one 'chief')"
+        )
+    jobs = {}
+    for job, addresses in cluster.items():
+        if not isinstance(addresses, list) or not addresses:
+            raise ClusterError(
+                f"TF_CONFIG cluster {job!r} must be a non-empty list of 'host:port', "
+                f"got {json.dumps(addresses)}"
+            )
+        jobs[job] = tuple(_address(text, job, index) for index, text in enumerate(addresses))
+    if "worker" not in jobs and "chief" not in jobs:
+        raise ClusterError(f"TF_CONFIG cluster names no 'worker'; {shape}")
+    if len(jobs.get("chief", ())) > 1:
+        raise ClusterError(f"TF_CONFIG cluster may have one 'chief', got {len(jobs['chief'])}")
+    addresses = [address for job in jobs.values() for address in job]
+    repeated = sorted({a for a in addresses if addresses.count(a) > 1})
+    if repeated:
+        raise ClusterError(
+            f"TF_CONFIG cluster names {repeated[0]} twice; give each task its own port"
+        )
+    task_type, index = task.get("type"), task.get("index")
+    if task_type not in jobs:
+        raise ClusterError(
+            f"TF_CONFIG task type {json.dumps(task_type)} is not a job of its cluster "
+            f"({', '.join(jobs)}); this worker must be one of them"
+        )
+    count = len(jobs[task_type])
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise ClusterError(
+            f"TF_CONFIG task index {json.dumps(index)} is not a {task_type} of the cluster "
+            f"(it has {count}: index 0 to {count - 1})"
+        )
+    return Cluster(jobs, task_type, index)
+
+
+def check_command(text: str | None, seed: int | None, resume: bool) -> Cluster:
+    """What the CLI checks for `--distribute multi_worker`, before TensorFlow loads.
+
+    Several workers must draw the same epoch order, so they need one `--seed`
+    (a resumed run has its seed saved).
+    """
+    cluster = read_cluster(text)
+    if cluster.size > 1 and seed is None and not resume:
+        raise ClusterError(
+            f"--distribute multi_worker with {cluster.size} workers needs --seed "
+            "(the same on every worker, so they shuffle alike)"
+        )
+    return cluster
+
+
+def cluster_of(distribute: str, environ: dict) -> Cluster | None:
+    """The cluster of a multi-worker run; None for the other strategies."""
+    if distribute != "multi_worker":
+        return None
+    return read_cluster(environ.get(TF_CONFIG))
+
+
+def is_chief(cluster: Cluster | None) -> bool:
+    """Whether this process writes the run folder (always, without a cluster)."""
+    return cluster is None or cluster.is_chief
+
+
+@contextlib.contextmanager
+def scratch_logdir(cluster: Cluster | None) -> Iterator[Path | None]:
+    """None on the chief; on any other worker a temporary `--logdir` for its own copy of
+    the run's outputs, removed when the block ends (however it ends)."""
+    if is_chief(cluster):
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix=f"swsl-{cluster.task_type}{cluster.task_index}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def missing_peers(cluster: Cluster) -> list[tuple[str, str]]:
+    """The peers nothing listens for at their address."""
+    return [(name, address) for name, address in cluster.peers() if not _listening(address)]
+
+
+def make_strategy(kind: str, peer_timeout_s: float = 300.0, environ: dict | None = None):
+    """`none`: the default strategy; `mirrored`: every local GPU (or the logical CPU
+    devices when there is none); `multi_worker`: the workers of `TF_CONFIG`, once all
+    of them have joined (at most `peer_timeout_s` seconds, else `PeerError`)."""
+    import os
+
+    import tensorflow as tf
+
+    if kind == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if kind == "multi_worker":
+        cluster = cluster_of(kind, os.environ if environ is None else environ)
+        return _joined_strategy(cluster, peer_timeout_s)
+    return tf.distribute.get_strategy()
+
+
+def _joined_strategy(cluster: Cluster, peer_timeout_s: float):
+    """The strategy after one all-reduce with every peer, in a thread we can stop waiting
+    for: TensorFlow itself waits for missing peers forever."""
+    import tensorflow as tf
+
+    outcome = {}
+
+    def join():
+        try:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            joined = strategy.reduce(tf.distribute.ReduceOp.SUM, tf.constant(1.0), axis=None)
+            outcome["strategy"] = strategy
+            outcome["joined"] = int(joined)
+        except Exception as error:  # reported by the waiting thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=join, name="swsl-join-cluster", daemon=True)
+    thread.start()
+    thread.join(peer_timeout_s)
+    if "error" in outcome:
+        raise PeerError(
+            f"cannot join the cluster of TF_CONFIG as {cluster.name}: {outcome['error']}"
+        )
+    if thread.is_alive():
+        missing = missing_peers(cluster)
+        names = ", ".join(f"{name} at {address}" for name, address in missing)
+        if missing:
+            reason = f"{names} never came up"
+        else:
+            reason = "every peer listens, but not all joined (do they share one TF_CONFIG cluster?)"
+        raise PeerError(
+            f"{cluster.name}: waited {peer_timeout_s:g} s for the cluster: {reason}; start every "
+            "worker with the same TF_CONFIG cluster, or raise --peer_timeout"
+        )
+    return outcome["strategy"]
+
+
+def in_multi_worker_mode(strategy) -> bool:
+    """Whether `strategy` spans more than one worker process."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(spec.get(job, ())) for job in JOBS) > 1
+
+
+def prepare_model_for_fit(model, strategy) -> None:
+    """Lets Keras 3's `fit`/`evaluate` run under a multi-worker strategy.
+
+    Two steps of Keras's TensorFlow trainer fail with several workers
+    (keras-team/keras#20585, Keras 3.0 to at least 3.15):
+
+    - `_maybe_symbolic_build` reduces the first distributed batch with
+      `strategy.reduce("MEAN", ...)` only to learn its shapes, which
+      multi-worker collectives reject ("unsupported type PerReplica"). The
+      model is built already (its layers from `keras.Input`, or loaded), so
+      this build is skipped for this model; metrics and optimizer state are
+      then built when the train step is traced, as Keras does without a
+      strategy.
+    - every step's logs are reduced with `strategy.reduce("MEAN", v, axis=0)`,
+      which fails on scalar logs; the train and test steps of this model
+      return each log as a one-element vector instead, whose reduction is the
+      mean over all replicas, a scalar again.
+
+    Both changes touch this model object only. Nothing happens for the other
+    strategies or a one-worker cluster, where Keras works as is.
+    """
+    if not in_multi_worker_mode(strategy):
+        return
+    if not callable(getattr(model, "_maybe_symbolic_build", None)):
+        return  # a Keras without this step has no such bug to avoid
+    model._maybe_symbolic_build = _skip_symbolic_build
+    model.train_step = _logs_as_vectors(model.train_step)
+    model.test_step = _logs_as_vectors(model.test_step)
+
+
+def _skip_symbolic_build(iterator=None, data_batch=None):
+    """Stands in for Keras's `_maybe_symbolic_build` on a built multi-worker model."""
+
+
+def _logs_as_vectors(step):
+    import keras
+
+    def step_with_vector_logs(data):
+        return {name: keras.ops.reshape(value, (1,)) for name, value in step(data).items()}
+
+    return step_with_vector_logs
+
+
+def sharded(dataset):
+    """`dataset` with every worker keeping its part of each global batch (`DATA` sharding).
+
+    TensorFlow's default (`AUTO`) tries sharding by file first and warns before
+    falling back to this; our data come from arrays, not files.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of the model's weights, to show that every worker ends with the same ones."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(weight.tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def peer_failures(strategy) -> Iterator[None]:
+    """Turns the errors that mean a peer worker went away into a one-line `PeerError`."""
+    import tensorflow as tf
+
+    peer_gone = (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.AbortedError,
+    )
+    try:
+        yield
+    except peer_gone as error:
+        if not in_multi_worker_mode(strategy):
+            raise
+        reason = (error.message or str(error)).strip().splitlines()[0]
+        raise PeerError(
+            f"a peer worker stopped or became unreachable ({reason}); the last complete epoch "
+            "is saved: start every worker again with --resume"
+        ) from None
