@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from swsl_cli import __version__
+from swsl_cli import __version__, distribute
 from swsl_cli.compare import FORMATS
 from swsl_cli.config import DISTRIBUTE, JIT, KCP_INITS, LAYERS, PRECISIONS, PROG, Config
 from swsl_cli.interrupts import Interrupted, handled_by, raise_interrupted
@@ -237,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
         "MultiWorkerMirroredStrategy from TF_CONFIG",
     )
     more.add_argument(
+        "--peer_timeout",
+        type=_number(float, minimum=0, exclusive_min=True),
+        metavar="SECONDS",
+        help="--distribute multi_worker: how long a worker waits for all the others of "
+        "TF_CONFIG to come up before it gives up",
+    )
+    more.add_argument(
         "--precision",
         choices=PRECISIONS,
         help="Keras dtype policy; auto: mixed_float16 on GPU, float32 on CPU",
@@ -292,11 +299,11 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[Config, frozenset[
         raise UsageError(
             "--jit_compile on needs --max_shift 0: the shift augmentation has no XLA kernel"
         )
-    if config.distribute == "multi_worker" and not os.environ.get("TF_CONFIG"):
-        raise UsageError(
-            "--distribute multi_worker needs the TF_CONFIG environment variable "
-            "(cluster and task of this worker); see the README"
-        )
+    if config.distribute == "multi_worker":
+        try:
+            distribute.check_command(os.environ.get("TF_CONFIG"), config.seed, config.resume)
+        except distribute.ClusterError as error:
+            raise UsageError(str(error)) from None
     return config, frozenset(given)
 
 
@@ -328,6 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"{PROG}: error: {error} (see {PROG} --help)", file=sys.stderr)
         return 2
+    if config.distribute == "multi_worker":
+        # When a peer fails, TensorFlow's C++ runtime logs several error lines that the
+        # one-line message repeats; it must hear this before TensorFlow loads.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # Until training installs its own handlers, a signal ends the start-up in one line.
     with handled_by(raise_interrupted):
         try:

@@ -19,7 +19,15 @@ JIT = ("off", "on")
 # from the saved run, and giving it with another value is refused. `n_epochs`
 # extends the run, `data_dir` may point at the same data elsewhere (checked by
 # fingerprint), the rest only says where the run is or how much to print.
-RESUME_OVERRIDES = ("n_epochs", "data_dir", "quiet", "logdir", "run_name", "resume")
+RESUME_OVERRIDES = (
+    "n_epochs",
+    "data_dir",
+    "quiet",
+    "logdir",
+    "run_name",
+    "resume",
+    "peer_timeout",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,8 @@ class Config:
     distribute: str = "none"
     precision: str = "auto"
     jit_compile: str = "off"
+    # Seconds a multi-worker run waits for every worker of TF_CONFIG to join.
+    peer_timeout: float = 300.0
 
     @property
     def centroids(self) -> int | tuple[int, int]:
