@@ -23,12 +23,15 @@ the model per device and all-reduces the gradients of every step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import os
 import shutil
+import signal
 import socket
 import tempfile
-import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,7 @@ from pathlib import Path
 TF_CONFIG = "TF_CONFIG"
 JOBS = ("chief", "worker")  # the jobs that train; TF's `ps` and `evaluator` are not used here
 PROBE_SECONDS = 1.0
+POLL_SECONDS = 0.25
 
 
 class ClusterError(Exception):
@@ -76,6 +80,10 @@ class Cluster:
     @property
     def name(self) -> str:
         return f"{self.task_type} {self.task_index}"
+
+    def peers_and_self(self) -> list[tuple[str, str]]:
+        """(name, address) of every task."""
+        return [(f"{job} {index}", address) for job, index, address in self.tasks]
 
     def peers(self) -> list[tuple[str, str]]:
         """(name, address) of every other task."""
@@ -199,26 +207,69 @@ def scratch_logdir(cluster: Cluster | None) -> Iterator[Path | None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _listening(address: str) -> bool:
+def into_scratch(config, resumed, scratch: Path):
+    """A non-chief worker's config and resumption: the same run, written under `scratch`.
+
+    A resumed run still restores the chief's checkpoint (read only), so every
+    worker starts from the same weights and optimizer state.
+    """
+    if resumed is None:
+        return dataclasses.replace(config, logdir=str(scratch)), None
+    root = scratch / resumed.run.root.name
+    root.mkdir()
+    settings = dataclasses.replace(resumed.config, logdir=str(scratch))
+    return config, dataclasses.replace(resumed, run=type(resumed.run)(root), config=settings)
+
+
+def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _listening(address: str) -> bool:
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS):
+        with socket.create_connection(_split(address), timeout=PROBE_SECONDS):
             return True
     except OSError:
         return False
 
 
-def missing_peers(cluster: Cluster) -> list[tuple[str, str]]:
-    """The peers nothing listens for at their address."""
-    return [(name, address) for name, address in cluster.peers() if not _listening(address)]
+def wait_for_peers(cluster: Cluster, timeout_s: float) -> None:
+    """Returns once something listens at every peer's address; `PeerError` after `timeout_s`.
+
+    TensorFlow itself waits for a missing peer forever, inside a call that
+    holds the interpreter, so the wait happens here, before it starts: this
+    task listens on its own address meanwhile (the kernel answers the peers'
+    probes; nothing is read), then frees the port for TensorFlow's server.
+    """
+    own = dict(cluster.peers_and_self())[cluster.name]
+    try:
+        listener = socket.create_server(_split(own), backlog=64)
+    except OSError as error:
+        raise PeerError(
+            f"{cluster.name} cannot listen on its TF_CONFIG address {own}: "
+            f"{error.strerror or error}; is another process using that port?"
+        ) from None
+    deadline = time.monotonic() + timeout_s
+    waiting = cluster.peers()
+    with listener:
+        while True:
+            waiting = [(name, address) for name, address in waiting if not _listening(address)]
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                names = ", ".join(f"{name} at {address}" for name, address in waiting)
+                raise PeerError(
+                    f"{cluster.name}: {names} did not come up within {timeout_s:g} s; start "
+                    "every worker with the same TF_CONFIG cluster, or raise --peer_timeout"
+                )
+            time.sleep(POLL_SECONDS)
 
 
 def make_strategy(kind: str, peer_timeout_s: float = 300.0, environ: dict | None = None):
     """`none`: the default strategy; `mirrored`: every local GPU (or the logical CPU
     devices when there is none); `multi_worker`: the workers of `TF_CONFIG`, once all
-    of them have joined (at most `peer_timeout_s` seconds, else `PeerError`)."""
-    import os
-
+    of them are up (waiting at most `peer_timeout_s` seconds, else `PeerError`)."""
     import tensorflow as tf
 
     if kind == "mirrored":
@@ -227,45 +278,15 @@ def make_strategy(kind: str, peer_timeout_s: float = 300.0, environ: dict | None
         return tf.distribute.MirroredStrategy([device.name for device in devices])
     if kind == "multi_worker":
         cluster = cluster_of(kind, os.environ if environ is None else environ)
-        return _joined_strategy(cluster, peer_timeout_s)
+        if cluster.size > 1:
+            wait_for_peers(cluster, peer_timeout_s)
+        # TensorFlow's preemption watcher takes over SIGTERM; the runner keeps its own.
+        sigterm = signal.getsignal(signal.SIGTERM)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
+        return strategy
     return tf.distribute.get_strategy()
-
-
-def _joined_strategy(cluster: Cluster, peer_timeout_s: float):
-    """The strategy after one all-reduce with every peer, in a thread we can stop waiting
-    for: TensorFlow itself waits for missing peers forever."""
-    import tensorflow as tf
-
-    outcome = {}
-
-    def join():
-        try:
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
-            joined = strategy.reduce(tf.distribute.ReduceOp.SUM, tf.constant(1.0), axis=None)
-            outcome["strategy"] = strategy
-            outcome["joined"] = int(joined)
-        except Exception as error:  # reported by the waiting thread
-            outcome["error"] = error
-
-    thread = threading.Thread(target=join, name="swsl-join-cluster", daemon=True)
-    thread.start()
-    thread.join(peer_timeout_s)
-    if "error" in outcome:
-        raise PeerError(
-            f"cannot join the cluster of TF_CONFIG as {cluster.name}: {outcome['error']}"
-        )
-    if thread.is_alive():
-        missing = missing_peers(cluster)
-        names = ", ".join(f"{name} at {address}" for name, address in missing)
-        if missing:
-            reason = f"{names} never came up"
-        else:
-            reason = "every peer listens, but not all joined (do they share one TF_CONFIG cluster?)"
-        raise PeerError(
-            f"{cluster.name}: waited {peer_timeout_s:g} s for the cluster: {reason}; start every "
-            "worker with the same TF_CONFIG cluster, or raise --peer_timeout"
-        )
-    return outcome["strategy"]
 
 
 def in_multi_worker_mode(strategy) -> bool:

@@ -52,7 +52,7 @@ with native_stderr_hidden():
     import keras
     import tensorflow as tf
 
-from swsl_cli import data, runs  # noqa: E402
+from swsl_cli import data, distribute, runs  # noqa: E402
 from swsl_cli.config import PROG, Config  # noqa: E402
 from swsl_cli.interrupts import (  # noqa: E402
     EXIT_CODES,
@@ -242,18 +242,6 @@ def device_report() -> str:
     return "GPU: " + ", ".join(f"{i}: {name}" for i, name in enumerate(names))
 
 
-def make_strategy(kind: str) -> tf.distribute.Strategy:
-    """`none`: the default strategy; `mirrored`: every local GPU (or logical CPU device
-    when there is no GPU); `multi_worker`: the workers of `TF_CONFIG`."""
-    if kind == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
-    if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 def configure(config: Config) -> Settings:
     """Seeds, determinism and dtype policy; returns what was chosen."""
     keras.utils.set_random_seed(config.seed)
@@ -293,7 +281,7 @@ def prepare(config: Config, resumed: runs.Resumption | None, console: Console) -
     with native_stderr_hidden():  # CUDA probing logs "failed call to cuInit" on CPU machines
         settings = configure(config)
         device = device_report()
-    strategy = make_strategy(config.distribute)
+    strategy = distribute.make_strategy(config.distribute, config.peer_timeout)
     arrays = data.load_dataset(config.dataset, config.data_dir, config.val_split).limited(
         config.max_train_examples, config.max_test_examples
     )
@@ -351,6 +339,7 @@ def build_or_restore(session: Session) -> keras.Model:
             arrays = session.arrays
             model = build_model(config, config.seed, arrays.image_shape, arrays.num_classes)
             compile_model(model, config, session.steps, session.settings.jit_compile)
+    distribute.prepare_model_for_fit(model, session.strategy)  # Keras bug with several workers
     # Keras turns XLA off for layers without an XLA kernel: record and report what it kept.
     session.settings = dataclasses.replace(session.settings, jit_compile=bool(model.jit_compile))
     counts = parameter_counts(model)
@@ -381,16 +370,20 @@ def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
 
     with handled_by(stop_after_step(record)):
         model.fit(
-            data.train_dataset(
-                arrays,
-                session.global_batch,
-                config.seed,
-                range(session.start_epoch, config.n_epochs),
+            distribute.sharded(
+                data.train_dataset(
+                    arrays,
+                    session.global_batch,
+                    config.seed,
+                    range(session.start_epoch, config.n_epochs),
+                )
             ),
             epochs=config.n_epochs,
             initial_epoch=session.start_epoch,
             steps_per_epoch=session.steps,
-            validation_data=data.validation_dataset(arrays, session.global_batch),
+            validation_data=distribute.sharded(
+                data.validation_dataset(arrays, session.global_batch)
+            ),
             callbacks=callbacks,
             shuffle=False,
             verbose=0,
@@ -418,8 +411,10 @@ def finish(session: Session, model: keras.Model, record: RunRecord) -> None:
     """Phase 4: test evaluation, final model and PNGs, then status "completed"."""
     record.write(status="finishing")
     test_loss, test_accuracy = model.evaluate(
-        data.test_dataset(session.arrays, session.global_batch), verbose=0
+        distribute.sharded(data.test_dataset(session.arrays, session.global_batch)), verbose=0
     )
+    if distribute.in_multi_worker_mode(session.strategy):  # every worker: the same weights
+        session.console.line(f"final weights: sha256 {distribute.weights_digest(model)}")
     session.run.save_model(model.save)
     export_kernel_pngs(model, session.run.kernel_images, session.config.color_coding)
     write_final_metrics(
@@ -489,11 +484,19 @@ def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int
         resumed = None
         if config.resume:
             run_dir = runs.find_run(config)
-            stack.enter_context(run_dir.lock())
+            cluster = distribute.cluster_of(run_dir.read_config().distribute, os.environ)
+            if distribute.is_chief(cluster):  # other workers only read the chief's run
+                stack.enter_context(run_dir.lock())
             resumed = runs.resume(run_dir, config, given)
+        else:
+            cluster = distribute.cluster_of(config.distribute, os.environ)
+        scratch = stack.enter_context(distribute.scratch_logdir(cluster))
+        if scratch is not None:  # not the chief: write into a temporary folder
+            config, resumed = distribute.into_scratch(config, resumed, scratch)
         session = prepare(resumed.config if resumed else config, resumed, console)
         if resumed is None:
             stack.enter_context(session.run.lock())
+        stack.enter_context(distribute.peer_failures(session.strategy))
         record = RunRecord(
             session, epochs=list(session.checkpoint.state["epochs"]) if session.checkpoint else []
         )
@@ -544,7 +547,7 @@ def main(config: Config, given: frozenset[str] = frozenset()) -> int:
     """`run` with every expected failure turned into one line and exit status 1."""
     try:
         return run(config, given)
-    except (runs.RunError, data.DataError) as error:
+    except (runs.RunError, data.DataError, distribute.ClusterError, distribute.PeerError) as error:
         message = str(error)
     except MemoryError:
         message = OUT_OF_MEMORY
