@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -378,8 +379,13 @@ def peer_failures(strategy) -> Iterator[None]:
     except peer_gone as error:
         if not in_multi_worker_mode(strategy):
             raise
-        reason = (error.message or str(error)).strip().splitlines()[0]
+        text = error.message or str(error)
+        resolver = strategy.cluster_resolver
+        own = f"{resolver.task_type} {resolver.task_id}"
+        named = re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)", text)
+        peers = [f"{job} {task}" for job, task in named if f"{job} {task}" != own]
+        who = peers[0] if peers else "a peer worker"
         raise PeerError(
-            f"a peer worker stopped or became unreachable ({reason}); the last complete epoch "
+            f"{who} stopped or became unreachable during the run; the last complete epoch "
             "is saved: start every worker again with --resume"
         ) from None

@@ -1,11 +1,33 @@
 """Multi-worker training: TF_CONFIG checks, and real worker processes on loopback ports."""
 
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from swsl_cli import distribute
+from swsl_cli import cli, distribute
 from swsl_cli.distribute import ClusterError, read_cluster
+
+WAIT_S = 240  # bound on every worker process; one of these runs takes ~20 s on 2 cores
+TINY = ["--max_train_examples", "256", "--max_test_examples", "128", "--seed", "0"]
+TINY += ["--layer", "conv", "--quiet", "--n_epochs", "2", "--batch_size", "64"]
+# Worker 1 of a cluster, killed (SIGKILL) as epoch 2 begins, after committing epoch 1.
+KILLED_AT_EPOCH_2 = """
+import os, signal, sys
+from swsl_cli import cli, train
+keep = train.EpochSeededRandomness.on_epoch_begin
+def on_epoch_begin(self, epoch, logs=None):
+    if epoch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    keep(self, epoch, logs)
+train.EpochSeededRandomness.on_epoch_begin = on_epoch_begin
+sys.exit(cli.main(sys.argv[1:]))
+"""
 
 
 def tf_config(workers, index, task_type="worker", **jobs):
@@ -69,3 +91,140 @@ def test_scratch_logdir_only_off_the_chief_and_removed_at_the_end():
             (scratch / "run").mkdir()
             raise RuntimeError("stops mid-run")
     assert scratch.name.startswith("swsl-worker1-") and not scratch.exists()
+
+
+def test_cli_refuses_bad_tf_config_with_exit_2_before_tensorflow(monkeypatch, capsys):
+    monkeypatch.setenv("TF_CONFIG", tf_config(TWO, 5))
+    assert cli.main(["--distribute", "multi_worker", "--seed", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TF_CONFIG task index 5 is not a worker" in err
+    monkeypatch.setenv("TF_CONFIG", "not json")
+    assert cli.main(["--distribute", "multi_worker", "--seed", "0"]) == 2
+    assert "TF_CONFIG is not valid JSON" in capsys.readouterr().err
+    monkeypatch.setenv("TF_CONFIG", tf_config(TWO, 0))
+    assert cli.main(["--distribute", "multi_worker"]) == 2
+    assert "needs --seed" in capsys.readouterr().err
+
+
+# Real workers: `swsl-train` processes on free loopback ports.
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def start_worker(index, ports, args, script=None):
+    workers = [f"127.0.0.1:{port}" for port in ports]
+    command = ["-c", script] if script else ["-m", "swsl_cli"]
+    # What a user's shell has: the CLI picks TensorFlow's log level for multi-worker runs.
+    quiet_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.Popen(
+        [sys.executable, *command, "--distribute", "multi_worker", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**quiet_env, "TF_CONFIG": tf_config(workers, index)},
+    )
+
+
+def finished(processes) -> list[tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of each process; none outlives `WAIT_S`."""
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=WAIT_S)
+            results.append((process.returncode, out, err))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return results
+
+
+def cluster_run(logdir, mnist_dir, *extra, script_for_worker_1=None):
+    ports = free_ports(2)
+    args = ["--logdir", str(logdir), "--data_dir", str(mnist_dir), *TINY, *extra]
+    return finished(
+        [start_worker(0, ports, args), start_worker(1, ports, args, script_for_worker_1)]
+    )
+
+
+def digest(out: str) -> str:
+    return re.search(r"final weights: sha256 ([0-9a-f]{64})", out).group(1)
+
+
+def scratch_folder(out: str) -> Path:
+    return Path(re.search(r"^run: (.+)$", out, re.MULTILINE).group(1))
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory, mnist_dir):
+    logdir = tmp_path_factory.mktemp("cluster") / "tb"
+    return logdir, cluster_run(logdir, mnist_dir, "--run_name", "r")
+
+
+def test_two_workers_train_one_model_and_only_the_chief_writes(two_workers):
+    logdir, ((status0, out0, err0), (status1, out1, err1)) = two_workers
+    assert status0 == 0, err0[-3000:]
+    assert status1 == 0, err1[-3000:]
+    assert "strategy multi_worker with 2 replica(s)" in out0
+    assert "batch 128 (64 x 2), 2 steps per epoch" in out0
+    metrics = json.loads((logdir / "r" / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["status"] == "completed"
+    assert [epoch["epoch"] for epoch in metrics["epochs"]] == [1, 2]
+    # Both workers hold the same weights at the end, and report the same figures.
+    assert digest(out0) == digest(out1)
+    assert out0.splitlines()[-3] == out1.splitlines()[-3]  # the epoch 2 line
+    # Only the chief wrote the run; worker 1's folder was temporary and is gone.
+    assert sorted(p.name for p in logdir.iterdir()) == ["r"]
+    assert (logdir / "r" / "model.keras").is_file()
+    assert scratch_folder(out1).name == "r" and not scratch_folder(out1).parent.exists()
+
+
+def test_killed_worker_stops_the_other_and_resume_matches_uninterrupted(
+    two_workers, tmp_path, mnist_dir
+):
+    logdir = tmp_path / "tb"
+    (status0, _, err0), (status1, _, _) = cluster_run(
+        logdir, mnist_dir, "--run_name", "k", script_for_worker_1=KILLED_AT_EPOCH_2
+    )
+    assert status1 == -9
+    assert status0 == 1
+    assert err0 == (
+        "swsl-train: error: worker 1 stopped or became unreachable during the run; the last "
+        "complete epoch is saved: start every worker again with --resume\n"
+    )
+    metrics = json.loads((logdir / "k" / "metrics.json").read_text())
+    assert [epoch["epoch"] for epoch in metrics["epochs"]] == [1]
+
+    resumed = cluster_run(logdir, mnist_dir, "--resume", "--run_name", "k")
+    for status, out, err in resumed:
+        assert status == 0, err[-3000:]
+        assert "resuming after epoch 1" in out
+    metrics = json.loads((logdir / "k" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["epochs"]) == 2
+    # Every worker restored the chief's checkpoint: same weights as the uninterrupted run.
+    uninterrupted = two_workers[1][0][1]
+    assert digest(resumed[0][1]) == digest(resumed[1][1]) == digest(uninterrupted)
+    assert sorted(p.name for p in logdir.iterdir()) == ["k"]
+
+
+def test_peer_that_never_comes_up_is_named_after_a_bounded_wait(tmp_path, mnist_dir):
+    ports = free_ports(2)
+    args = ["--logdir", str(tmp_path / "tb"), "--data_dir", str(mnist_dir), *TINY]
+    [(status, _, err)] = finished([start_worker(0, ports, [*args, "--peer_timeout", "2"])])
+    assert status == 1
+    assert err == (
+        f"swsl-train: error: worker 0: worker 1 at 127.0.0.1:{ports[1]} did not come up "
+        "within 2 s; start every worker with the same TF_CONFIG cluster, or raise "
+        "--peer_timeout\n"
+    )
+    assert not (tmp_path / "tb").exists()
