@@ -493,6 +493,10 @@ def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int
         scratch = stack.enter_context(distribute.scratch_logdir(cluster))
         if scratch is not None:  # not the chief: write into a temporary folder
             config, resumed = distribute.into_scratch(config, resumed, scratch)
+            console.line(
+                f"{cluster.name}: the chief writes the run; this worker's copy goes to a "
+                "temporary folder, removed at the end"
+            )
         session = prepare(resumed.config if resumed else config, resumed, console)
         if resumed is None:
             stack.enter_context(session.run.lock())
