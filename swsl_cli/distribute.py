@@ -31,16 +31,21 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from swsl_cli.config import PROG
+
 TF_CONFIG = "TF_CONFIG"
 JOBS = ("chief", "worker")  # the jobs that train; TF's `ps` and `evaluator` are not used here
 PROBE_SECONDS = 1.0
 POLL_SECONDS = 0.25
+STOP_SIGNALS = ("SIGINT", "SIGTERM")  # in order of precedence when workers differ
 
 
 class ClusterError(Exception):
@@ -267,6 +272,37 @@ def wait_for_peers(cluster: Cluster, timeout_s: float) -> None:
             time.sleep(POLL_SECONDS)
 
 
+WATCHDOG = """
+import os, sys, time
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+time.sleep(seconds)
+if os.getppid() == parent:
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    os.kill(parent, 9)
+"""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, message: str) -> Iterator[None]:
+    """Kills this process (exit 137) with `message` if the block outlasts `seconds`.
+
+    TensorFlow starts a cluster inside calls that hold the interpreter and wait
+    for a peer that stopped after answering forever; only another process can
+    end that wait, so a small watchdog process sleeps beside the block.
+    """
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), message],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+
+
 def make_strategy(kind: str, peer_timeout_s: float = 300.0, environ: dict | None = None):
     """`none`: the default strategy; `mirrored`: every local GPU (or the logical CPU
     devices when there is none); `multi_worker`: the workers of `TF_CONFIG`, once all
@@ -283,7 +319,14 @@ def make_strategy(kind: str, peer_timeout_s: float = 300.0, environ: dict | None
             wait_for_peers(cluster, peer_timeout_s)
         # TensorFlow's preemption watcher takes over SIGTERM; the runner keeps its own.
         sigterm = signal.getsignal(signal.SIGTERM)
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        stalled = (
+            f"{PROG}: error: {cluster.name}: the cluster did not start within "
+            f"{peer_timeout_s:g} s although every peer had answered (did one stop?); start "
+            "every worker again"
+        )
+        with _deadline(peer_timeout_s, stalled):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            strategy.reduce(tf.distribute.ReduceOp.SUM, tf.constant(1.0), axis=None)  # all joined
         if sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
         return strategy
@@ -341,6 +384,25 @@ def _logs_as_vectors(step):
         return {name: keras.ops.reshape(value, (1,)) for name, value in step(data).items()}
 
     return step_with_vector_logs
+
+
+def signal_on_any_worker(strategy, signal_name: str | None) -> str | None:
+    """The signal (`SIGINT` or `SIGTERM`) that any worker received, else None.
+
+    Every worker calls this at the same step, so all of them stop after that
+    step together; a worker stopping on its own would leave the others waiting
+    in their next step's all-reduce. One small all-reduce per call; with one
+    worker, `signal_name` as it is. A signal that arrives during the all-reduce
+    counts at the next call.
+    """
+    if not in_multi_worker_mode(strategy):
+        return signal_name
+    import tensorflow as tf
+
+    local = [float(signal_name == name) for name in STOP_SIGNALS]
+    counts = strategy.reduce(tf.distribute.ReduceOp.SUM, tf.constant(local), axis=None)
+    received = [name for name, count in zip(STOP_SIGNALS, counts.numpy()) if count > 0]
+    return received[-1] if received else None
 
 
 def sharded(dataset):

@@ -166,7 +166,10 @@ class StopOnRequest(keras.callbacks.Callback):
             record.first_step_s = round(time.perf_counter() - record.session.started, 3)
         if logs and not math.isfinite(float(logs["loss"])):
             record.nonfinite_at = (self.epoch, batch)
-        if record.stopped:
+        # multi-worker: all workers stop at the same step, once one of them got a signal
+        agreed = distribute.signal_on_any_worker(self.model.distribute_strategy, record.signal_name)
+        if agreed is not None or record.nonfinite_at is not None:
+            record.signal_name = record.signal_name or agreed
             self.model.stop_training = True
 
 
@@ -514,6 +517,9 @@ def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int
                 if session.fresh:
                     write_hparams(session.run.root, session.config.to_dict())
                 fit(session, model, record)
+                record.signal_name = distribute.signal_on_any_worker(  # multi-worker
+                    session.strategy, record.signal_name
+                )
             if record.nonfinite_at is not None:
                 return nonfinite(session, record)
             if record.signal_name is not None:

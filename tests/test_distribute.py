@@ -16,18 +16,20 @@ from swsl_cli.distribute import ClusterError, read_cluster
 WAIT_S = 240  # bound on every worker process; one of these runs takes ~20 s on 2 cores
 TINY = ["--max_train_examples", "256", "--max_test_examples", "128", "--seed", "0"]
 TINY += ["--layer", "conv", "--quiet", "--n_epochs", "2", "--batch_size", "64"]
-# Worker 1 of a cluster, killed (SIGKILL) as epoch 2 begins, after committing epoch 1.
-KILLED_AT_EPOCH_2 = """
+# A worker that sends itself a signal as epoch 2 begins, after committing epoch 1.
+SIGNAL_AT_EPOCH_2 = """
 import os, signal, sys
 from swsl_cli import cli, train
 keep = train.EpochSeededRandomness.on_epoch_begin
 def on_epoch_begin(self, epoch, logs=None):
     if epoch == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.{})
     keep(self, epoch, logs)
 train.EpochSeededRandomness.on_epoch_begin = on_epoch_begin
 sys.exit(cli.main(sys.argv[1:]))
 """
+KILLED_AT_EPOCH_2 = SIGNAL_AT_EPOCH_2.format("SIGKILL")
+TERMINATED_AT_EPOCH_2 = SIGNAL_AT_EPOCH_2.format("SIGTERM")
 
 
 def tf_config(workers, index, task_type="worker", **jobs):
@@ -149,11 +151,14 @@ def finished(processes) -> list[tuple[int, str, str]]:
     return results
 
 
-def cluster_run(logdir, mnist_dir, *extra, script_for_worker_1=None):
+def cluster_run(logdir, mnist_dir, *extra, script_for_worker_1=None, script_for_worker_0=None):
     ports = free_ports(2)
     args = ["--logdir", str(logdir), "--data_dir", str(mnist_dir), *TINY, *extra]
     return finished(
-        [start_worker(0, ports, args), start_worker(1, ports, args, script_for_worker_1)]
+        [
+            start_worker(0, ports, args, script_for_worker_0),
+            start_worker(1, ports, args, script_for_worker_1),
+        ]
     )
 
 
@@ -228,3 +233,29 @@ def test_peer_that_never_comes_up_is_named_after_a_bounded_wait(tmp_path, mnist_
         "--peer_timeout\n"
     )
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_signal_to_one_worker_stops_every_worker_at_the_same_step(tmp_path, mnist_dir):
+    logdir = tmp_path / "tb"
+    (status0, out0, err0), (status1, _, err1) = cluster_run(
+        logdir, mnist_dir, "--run_name", "t", script_for_worker_0=TERMINATED_AT_EPOCH_2
+    )
+    assert (status0, status1) == (143, 143), err0[-2000:] + err1[-2000:]
+    assert err0.endswith(
+        "swsl-train: interrupted by SIGTERM while training; 1 complete epoch(s) saved\n"
+    )
+    assert "Resume with:" in out0
+    metrics = json.loads((logdir / "t" / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and len(metrics["epochs"]) == 1
+
+
+def test_a_peer_that_answers_but_never_starts_is_a_bounded_wait(tmp_path, mnist_dir):
+    ports = free_ports(2)
+    args = ["--logdir", str(tmp_path / "tb"), "--data_dir", str(mnist_dir), *TINY]
+    with socket.create_server(("127.0.0.1", ports[1])):  # answers, but is no TensorFlow
+        [(status, _, err)] = finished([start_worker(0, ports, [*args, "--peer_timeout", "3"])])
+    assert status == -9
+    assert err.endswith(
+        "swsl-train: error: worker 0: the cluster did not start within 3 s although every "
+        "peer had answered (did one stop?); start every worker again\n"
+    )
