@@ -8,13 +8,15 @@ the model per device and all-reduces the gradients of every step.
 - `read_cluster` checks `TF_CONFIG` in pure Python (no TensorFlow), so the
   CLI refuses a bad one at parse time.
 - `make_strategy` waits a bounded time for every peer, and names the ones
-  that never came up.
+  that never came up; a watchdog process bounds TensorFlow's own start.
 - Only the chief (worker 0, or the `chief` task) writes the run folder; every
   other worker writes into a temporary folder removed at the end (TF's
   pattern: all workers run the same callbacks, so their collective steps stay
   in step).
 - `prepare_model_for_fit` works around Keras 3's `fit` with this strategy
   (keras-team/keras#20585).
+- `signal_on_any_worker` makes a signal to one worker stop all of them after
+  the same step; `peer_failures` turns a lost peer into one line.
 - Each worker reads the whole data set and keeps its part of every global
   batch (`AutoShardPolicy.DATA`): the seeded epoch order stays the same as
   on one machine, so a resumed run sees the batches an uninterrupted one would.
@@ -306,7 +308,8 @@ def _deadline(seconds: float, message: str) -> Iterator[None]:
 def make_strategy(kind: str, peer_timeout_s: float = 300.0, environ: dict | None = None):
     """`none`: the default strategy; `mirrored`: every local GPU (or the logical CPU
     devices when there is none); `multi_worker`: the workers of `TF_CONFIG`, once all
-    of them are up (waiting at most `peer_timeout_s` seconds, else `PeerError`)."""
+    of them are up (waiting at most `peer_timeout_s` seconds for the peers to answer,
+    else `PeerError`, and as long again for TensorFlow to start the cluster)."""
     import tensorflow as tf
 
     if kind == "mirrored":
