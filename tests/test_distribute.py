@@ -122,17 +122,19 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def start_worker(index, ports, args, script=None):
+def start_worker(index, ports, args, script=None, scratch_parent=None):
     workers = [f"127.0.0.1:{port}" for port in ports]
     command = ["-c", script] if script else ["-m", "swsl_cli"]
     # What a user's shell has: the CLI picks TensorFlow's log level for multi-worker runs.
     quiet_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    # A killed worker cannot remove its temporary folder: keep those under pytest's.
+    scratch = {"TMPDIR": str(scratch_parent)} if scratch_parent else {}
     return subprocess.Popen(
         [sys.executable, *command, "--distribute", "multi_worker", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**quiet_env, "TF_CONFIG": tf_config(workers, index)},
+        env={**quiet_env, "TF_CONFIG": tf_config(workers, index), **scratch},
     )
 
 
@@ -154,10 +156,12 @@ def finished(processes) -> list[tuple[int, str, str]]:
 def cluster_run(logdir, mnist_dir, *extra, script_for_worker_1=None, script_for_worker_0=None):
     ports = free_ports(2)
     args = ["--logdir", str(logdir), "--data_dir", str(mnist_dir), *TINY, *extra]
+    scratch = logdir.parent / "worker-tmp"
+    scratch.mkdir(exist_ok=True)
     return finished(
         [
-            start_worker(0, ports, args, script_for_worker_0),
-            start_worker(1, ports, args, script_for_worker_1),
+            start_worker(0, ports, args, script_for_worker_0, scratch),
+            start_worker(1, ports, args, script_for_worker_1, scratch),
         ]
     )
 
@@ -192,6 +196,7 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(two_workers):
     assert sorted(p.name for p in logdir.iterdir()) == ["r"]
     assert (logdir / "r" / "model.keras").is_file()
     assert scratch_folder(out1).name == "r" and not scratch_folder(out1).parent.exists()
+    assert list((logdir.parent / "worker-tmp").iterdir()) == []
 
 
 def test_killed_worker_stops_the_other_and_resume_matches_uninterrupted(
