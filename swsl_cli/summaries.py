@@ -358,7 +358,7 @@ class LayerSummaries(keras.callbacks.Callback):
                     tf.summary.histogram(variable.path.replace("/", "."), gradient)
 
     def _write_activations(self):
-        probe = keras.Model(self.model.inputs, [layer.output for layer in self.model.layers[1:]])
+        probe = keras.Model(self.model.input, [layer.output for layer in self.model.layers[1:]])
         with tf.name_scope("activations"):
             for layer, output in zip(self.model.layers[1:], probe(self.probe_images)):
                 tf.summary.histogram(layer.name, output)

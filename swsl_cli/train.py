@@ -361,7 +361,9 @@ def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
     progress = ProgressBar(
         config.n_epochs, session.steps, quiet=config.quiet, console=session.console
     )
-    probe = next(iter(data.test_dataset(arrays, 32)))
+    # A fixed batch for gradient and activation summaries, straight from the arrays: a
+    # partial read of the cached test pipeline makes TensorFlow log a warning.
+    probe = (arrays.x_test[:32].astype("float32"), arrays.y_test[:32])
     callbacks = [
         StopOnRequest(record),
         EpochSeededRandomness(),

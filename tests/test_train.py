@@ -343,7 +343,12 @@ def test_output_to_a_pipe_that_closes_stops_printing_not_training(tmp_path, mnis
 
 
 def test_closed_stdout_still_trains_and_a_normal_run_prints_no_noise(tmp_path, mnist_dir):
-    args = small_run_args(tmp_path, mnist_dir, "closed", 128, "--n_epochs", "1", "--seed", "1")
+    # Verbosity 3 runs every summary path (gradients, activations), each of which once
+    # printed a warning here.
+    args = small_run_args(
+        tmp_path, mnist_dir, "closed", 128, "--n_epochs", "1", "--seed", "1",
+        "--max_test_examples", "1000", "--log_verbosity", "3",
+    )  # fmt: skip
     result = subprocess.run(
         f"{shlex.join([sys.executable, '-m', 'swsl_cli', *args])} >&-",
         shell=True, capture_output=True, text=True, timeout=300,
