@@ -291,7 +291,11 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[Config, frozenset[
 
     Raises `UsageError` on anything wrong.
     """
-    given = given_flags(argv)
+    return training_command(given_flags(argv))
+
+
+def training_command(given: dict) -> tuple[Config, frozenset[str]]:
+    """The validated config of the flags `given`, and their names."""
     if "format" in given or "compare" in given:
         raise UsageError("--format and --compare train nothing; give them without training flags")
     config = Config(**given)
@@ -331,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = given_flags(argv)
         if "compare" in given or "format" in given:
             return compare_command(given)
-        config, given_names = parse_command(argv)
+        config, given_names = training_command(given)
     except UsageError as error:
         print(f"{PROG}: error: {error} (see {PROG} --help)", file=sys.stderr)
         return 2

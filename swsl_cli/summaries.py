@@ -13,7 +13,6 @@ of `--layer sws`, `conv` and `local` can be compared side by side.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from swsl_cli import visualize
+from swsl_cli import runs, visualize
 from swsl_cli.layers import SoftWeightSharingConv2D
 
 LAYERS_RUN = "layers"
@@ -189,19 +188,16 @@ def png_pictures(view: LayerView, color_coding: bool) -> dict[str, np.ndarray]:
 def write_png(path: Path, image: np.ndarray) -> None:
     """Writes a float image in [0, 1] (`(h, w)` or `(h, w, c)`) as 8-bit PNG, atomically.
 
-    The bytes go to a temporary name first and are renamed into place, so a
-    crash or a full disk never leaves a truncated PNG under `path`.
+    The bytes go to a temporary name first and are renamed into place
+    (`runs.atomic_write`), so a crash or a full disk never leaves a truncated
+    PNG under `path`, and a killed process's temporary file is one that
+    `--resume` removes.
     """
     if image.ndim == 2:
         image = image[..., None]
     pixels = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
     encoded = tf.io.encode_png(pixels).numpy()
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        temporary.write_bytes(encoded)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    runs.atomic_write(path, lambda temporary: temporary.write_bytes(encoded))
 
 
 def export_kernel_pngs(model: keras.Model, folder: Path, color_coding: bool) -> list[Path]:

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -343,15 +344,15 @@ def build_or_restore(session: Session) -> keras.Model:
             model = build_model(config, config.seed, arrays.image_shape, arrays.num_classes)
             compile_model(model, config, session.steps, session.settings.jit_compile)
     distribute.prepare_model_for_fit(model, session.strategy)  # Keras bug with several workers
-    # Keras turns XLA off for layers without an XLA kernel: record and report what it kept.
+    # Keras turns XLA off for layers without an XLA kernel: record what it kept.
     session.settings = dataclasses.replace(session.settings, jit_compile=bool(model.jit_compile))
-    counts = parameter_counts(model)
-    layers = ", ".join(f"{name} {count:,}" for name, count in counts.items() if name != "total")
-    session.console.line(
-        f"model: {counts['total']:,} parameters ({layers}); "
-        f"XLA {'on' if model.jit_compile else 'off'}"
-    )
     return model
+
+
+def model_line(counts: dict[str, int], jit_compile: bool) -> str:
+    """`model: 383,290 parameters (sws1 4,824, ...); XLA off`."""
+    layers = ", ".join(f"{name} {count:,}" for name, count in counts.items() if name != "total")
+    return f"model: {counts['total']:,} parameters ({layers}); XLA {'on' if jit_compile else 'off'}"
 
 
 def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
@@ -422,23 +423,19 @@ def finish(session: Session, model: keras.Model, record: RunRecord) -> None:
         session.console.line(f"final weights: sha256 {distribute.weights_digest(model)}")
     session.run.save_model(model.save)
     export_kernel_pngs(model, session.run.kernel_images, session.config.color_coding)
-    write_final_metrics(
-        session.run.root,
-        hparams_metrics(record.epochs, test_loss, test_accuracy, record.parameters["total"]),
-        step=len(record.epochs),
-    )
-    validation = [e["val_accuracy"] for e in record.epochs if "val_accuracy" in e]
+    final = hparams_metrics(record.epochs, test_loss, test_accuracy, record.parameters["total"])
+    write_final_metrics(session.run.root, final, step=len(record.epochs))
     record.write(
         status="completed",
         test_loss=float(test_loss),
         test_accuracy=float(test_accuracy),
-        best_val_accuracy=max(validation, default=None),
+        best_val_accuracy=final["best_val_accuracy"],
     )
     session.console.line(
         f"test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f}; "
         f"wall time {time.perf_counter() - session.started:.1f} s\n"
         f"outputs in {session.run.root}; see them with: tensorboard --logdir "
-        f"{runs.shlex.quote(session.config.logdir)}"
+        f"{shlex.quote(session.config.logdir)}"
     )
 
 
@@ -513,6 +510,7 @@ def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int
         try:
             model = build_or_restore(session)
             record.parameters = parameter_counts(model)
+            session.console.line(model_line(record.parameters, session.settings.jit_compile))
             if session.start_epoch < session.config.n_epochs:
                 phase = "while training"
                 record.write(status="running")

@@ -7,7 +7,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from swsl_cli import summaries, visualize
+from swsl_cli import runs, summaries, visualize
 from swsl_cli.config import Config
 from swsl_cli.layers import SoftWeightSharingConv2D
 
@@ -153,8 +153,8 @@ def test_write_png_never_leaves_a_truncated_file(tmp_path, monkeypatch):
     def disk_full(source, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(summaries.os, "replace", disk_full)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(runs.os, "replace", disk_full)
+    with pytest.raises(runs.RunError, match="cannot write .*picture.png: No space left on device"):
         summaries.write_png(path, np.ones((4, 5, 3)))
     assert path.read_bytes() == before  # the old picture, whole
     assert [p.name for p in tmp_path.iterdir()] == ["picture.png"]
