@@ -14,7 +14,16 @@ from collections.abc import Sequence
 
 from swsl_cli import __version__, distribute
 from swsl_cli.compare import FORMATS
-from swsl_cli.config import DISTRIBUTE, JIT, KCP_INITS, LAYERS, PRECISIONS, PROG, Config
+from swsl_cli.config import (
+    DISTRIBUTE,
+    JIT,
+    KCP_INITS,
+    LAYERS,
+    LR_SCHEDULES,
+    PRECISIONS,
+    PROG,
+    Config,
+)
 from swsl_cli.interrupts import Interrupted, handled_by, raise_interrupted
 
 DEFAULTS = Config()
@@ -175,14 +184,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="Images per training step, per replica",
     )
     more.add_argument(
+        "--lr_schedule",
+        choices=LR_SCHEDULES,
+        help="cosine: linear warm-up over --warmup_epochs to --learning_rate, then a cosine "
+        "decay to 0 at the last step of --n_epochs; exponential: --learning_rate times "
+        "--lr_decay per epoch (the original: --lr_decay 1)",
+    )
+    more.add_argument(
         "--learning_rate",
         type=_number(float, minimum=0, exclusive_min=True),
-        help="Adam's initial learning rate (the original used 0.01)",
+        help="Adam's peak (cosine) or initial (exponential) learning rate (the original "
+        "used 0.01, constant)",
+    )
+    more.add_argument(
+        "--warmup_epochs",
+        type=_number(float, minimum=0),
+        help="--lr_schedule cosine: epochs of linear warm-up from 0 (fractions allowed)",
     )
     more.add_argument(
         "--lr_decay",
         type=_number(float, minimum=0, maximum=1, exclusive_min=True),
-        help="Learning rate factor per epoch (1 keeps it constant, as the original)",
+        help="--lr_schedule exponential: learning rate factor per epoch (1 keeps it "
+        "constant, as the original)",
+    )
+    more.add_argument(
+        "--ema",
+        type=_number(float, minimum=0, maximum=1),
+        metavar="MOMENTUM",
+        help="Evaluate and save an exponential moving average of the weights, updated every "
+        "step with this momentum (Keras's use_ema); 0 turns it off, as the original",
     )
     more.add_argument(
         "--max_shift",
@@ -299,6 +329,20 @@ def training_command(given: dict) -> tuple[Config, frozenset[str]]:
     if "format" in given or "compare" in given:
         raise UsageError("--format and --compare train nothing; give them without training flags")
     config = Config(**given)
+    for name, schedule in (("lr_decay", "exponential"), ("warmup_epochs", "cosine")):
+        if name in given and config.lr_schedule != schedule:
+            raise UsageError(
+                f"--{name} applies to --lr_schedule {schedule}, not {config.lr_schedule}"
+            )
+    if config.warmup_epochs > config.n_epochs and not config.resume:
+        raise UsageError(
+            f"--warmup_epochs {config.warmup_epochs:g} is longer than the run "
+            f"(--n_epochs {config.n_epochs})"
+        )
+    if config.ema >= 1:
+        raise UsageError(
+            f"--ema must be below 1 (1 would never move the average), got {config.ema:g}"
+        )
     if config.jit_compile == "on" and config.max_shift:
         raise UsageError(
             "--jit_compile on needs --max_shift 0: the shift augmentation has no XLA kernel"

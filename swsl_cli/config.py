@@ -14,6 +14,11 @@ KCP_INITS = ("independent", "shared")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT = ("off", "on")
+LR_SCHEDULES = ("cosine", "exponential")
+
+# Settings a saved `config.json` from before they existed lacks: such a run
+# trained with these values, so resuming it keeps them (not today's defaults).
+LEGACY_SETTINGS = {"lr_schedule": "exponential", "warmup_epochs": 0.0, "ema": 0.0}
 
 # What `--resume` may take from the command line; every other flag comes back
 # from the saved run, and giving it with another value is refused. `n_epochs`
@@ -46,8 +51,11 @@ class Config:
     dataset: str = "mnist"
     val_split: str | None = None
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    learning_rate: float = 3e-3
+    warmup_epochs: float = 0.2
     lr_decay: float = 0.75
+    ema: float = 0.99
     max_shift: int = 2
     seed: int | None = None
     # None: deterministic ops exactly when a seed was given (set when the seed is drawn).
@@ -97,4 +105,5 @@ class Config:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"unknown settings {', '.join(unknown)}")
+        values = {**LEGACY_SETTINGS, **values}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -259,12 +259,38 @@ def configure(config: Config) -> Settings:
     return Settings(precision, config.jit_compile == "on", bool(config.deterministic))
 
 
+def learning_rate_schedule(
+    config: Config, steps: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate as a function of the step, for `steps` steps per epoch.
+
+    A function of the optimizer's step count alone, which checkpoints hold, so
+    a resumed run follows the uninterrupted run's rates exactly.
+    """
+    if config.lr_schedule == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(
+            config.learning_rate, decay_steps=steps, decay_rate=config.lr_decay, staircase=True
+        )
+    total = config.n_epochs * steps
+    warmup = min(round(config.warmup_epochs * steps), total - 1)
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=total - warmup,
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
 def compile_model(model: keras.Model, config: Config, steps: int, jit: bool) -> None:
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        config.learning_rate, decay_steps=steps, decay_rate=config.lr_decay, staircase=True
+    optimizer = keras.optimizers.Adam(
+        learning_rate_schedule(config, steps),
+        use_ema=config.ema > 0,
+        ema_momentum=config.ema or 0.99,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=optimizer,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit,
@@ -336,6 +362,8 @@ def build_or_restore(session: Session) -> keras.Model:
     with session.strategy.scope():
         if session.checkpoint is not None:
             model = keras.models.load_model(session.checkpoint.model)
+            # The same function of the step, over the run's (possibly extended) epochs.
+            model.optimizer.learning_rate = learning_rate_schedule(config, session.steps)
             session.console.line(
                 f"resuming after epoch {session.start_epoch} from {session.checkpoint.folder}"
             )
@@ -373,6 +401,8 @@ def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
         LayerSummaries(session.run.root, config.color_coding, config.log_verbosity, probe),
         EpochRecorder(record),
     ]
+    if config.ema:  # validate with the averaged weights; checkpoints keep both
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights())
 
     with handled_by(stop_after_step(record)):
         model.fit(
@@ -416,6 +446,9 @@ def stop_after_step(record: RunRecord):
 def finish(session: Session, model: keras.Model, record: RunRecord) -> None:
     """Phase 4: test evaluation, final model and PNGs, then status "completed"."""
     record.write(status="finishing")
+    # The averaged weights are the final ones. `fit` ends by copying them in; a run
+    # resumed into this phase comes from a checkpoint, which holds both.
+    model.optimizer.finalize_variable_values(model.trainable_variables)
     test_loss, test_accuracy = model.evaluate(
         distribute.sharded(data.test_dataset(session.arrays, session.global_batch)), verbose=0
     )

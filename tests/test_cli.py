@@ -62,7 +62,10 @@ def test_help_shows_every_default_from_config():
         ("--n_epochs N_EPOCHS", "(default: 10)"),
         ("--centroid_grid CENTROID_GRID CENTROID_GRID", "(default: 2 2)"),
         ("--n_filters N_FILTERS N_FILTERS", "(default: 24 48)"),
-        ("--learning_rate LEARNING_RATE", "(default: 0.001)"),
+        ("--learning_rate LEARNING_RATE", "(default: 0.003)"),
+        ("--lr_schedule {cosine,exponential}", "(default: cosine)"),
+        ("--warmup_epochs WARMUP_EPOCHS", "(default: 0.2)"),
+        ("--ema MOMENTUM", "(default: 0.99)"),
         ("--lr_decay LR_DECAY", "(default: 0.75)"),
         ("--layer {sws,conv,local}", "(default: sws)"),
         ("--jit_compile {off,on}", "(default: off)"),
@@ -82,7 +85,8 @@ def test_further_options():
     config = parse_args(
         "--data_dir d --batch_size 32 --learning_rate 0.01 --seed 3 --run_name r --layer conv "
         "--max_train_examples 100 --max_test_examples 50 --quiet --resume --distribute mirrored "
-        "--log_verbosity 3 --lr_decay 1 --precision float32 --jit_compile on --max_shift 0".split()
+        "--log_verbosity 3 --lr_decay 1 --precision float32 --jit_compile on --max_shift 0 "
+        "--lr_schedule exponential --ema 0".split()
     )
     assert (config.data_dir, config.batch_size, config.learning_rate, config.seed) == (
         "d",
@@ -93,7 +97,15 @@ def test_further_options():
     assert (config.run_name, config.layer, config.quiet, config.resume) == ("r", "conv", True, True)
     assert (config.max_train_examples, config.max_test_examples) == (100, 50)
     assert (config.distribute, config.log_verbosity, config.lr_decay) == ("mirrored", 3, 1.0)
-    assert config.max_shift == 0
+    assert (config.max_shift, config.lr_schedule, config.ema) == (0, "exponential", 0.0)
+
+
+def test_the_original_training_is_three_flags_and_the_schedule():
+    config = parse_args(
+        "--lr_schedule exponential --learning_rate 0.01 --lr_decay 1 --max_shift 0 --ema 0".split()
+    )
+    assert (config.lr_schedule, config.learning_rate, config.lr_decay) == ("exponential", 0.01, 1)
+    assert (config.max_shift, config.ema) == (0, 0)
 
 
 REFUSALS = [
@@ -133,6 +145,17 @@ REFUSALS = [
     (["--jit_compile", "auto"], "invalid choice: 'auto'"),
     (["--jit_compile", "on"], "--jit_compile on needs --max_shift 0"),
     (["--kcp_init", "zeros"], "invalid choice: 'zeros'"),
+    (["--lr_schedule", "step"], "invalid choice: 'step'"),
+    (["--lr_decay", "0.5"], "--lr_decay applies to --lr_schedule exponential, not cosine"),
+    (
+        ["--lr_schedule", "exponential", "--warmup_epochs", "1"],
+        "--warmup_epochs applies to --lr_schedule cosine, not exponential",
+    ),
+    (["--warmup_epochs", "-1"], "argument --warmup_epochs: must be >= 0"),
+    (["--warmup_epochs", "4", "--n_epochs", "3"], "--warmup_epochs 4 is longer than the run"),
+    (["--ema", "1"], "--ema must be below 1"),
+    (["--ema", "1.5"], "argument --ema: must be >= 0 and <= 1"),
+    (["--ema", "-0.1"], "argument --ema: must be >= 0"),
     (["--unknown_flag"], "unrecognized arguments: --unknown_flag"),
 ]
 

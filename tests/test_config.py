@@ -18,6 +18,19 @@ def test_from_dict_refuses_unknown_settings():
         Config.from_dict({"speed": 1, "colour": 2})
 
 
+def test_a_saved_run_from_before_the_recipe_settings_keeps_its_training():
+    # config.json of a run made before --lr_schedule and --ema existed: it trained
+    # with an exponential schedule and no averaging, so it must resume that way.
+    saved = {k: v for k, v in Config(learning_rate=1e-3).to_dict().items()}
+    for name in ("lr_schedule", "warmup_epochs", "ema"):
+        del saved[name]
+    config = Config.from_dict(json.loads(json.dumps(saved)))
+    assert (config.lr_schedule, config.warmup_epochs, config.ema) == ("exponential", 0.0, 0.0)
+    assert (config.learning_rate, config.lr_decay) == (1e-3, 0.75)
+    # A saved value always wins over the legacy one.
+    assert Config.from_dict(Config().to_dict()) == Config()
+
+
 def test_default_run_names_say_what_the_run_is():
     stamp = "20260101-000000"
     assert Config().default_run_name(stamp) == f"sws-g2x2_f24-48_e10_{stamp}"

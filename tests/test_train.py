@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from swsl_cli import data, train
 from swsl_cli.config import Config
+from swsl_cli.model import build_model
 
 SMALL = dict(max_train_examples=384, max_test_examples=128, batch_size=64, quiet=True)
 
@@ -188,6 +189,77 @@ def test_same_seed_same_metrics_and_resume_matches_uninterrupted(tmp_path, mnist
     assert (a["test_loss"], a["test_accuracy"]) == (b["test_loss"], b["test_accuracy"])
     assert c["test_loss"] == a["test_loss"] and c["test_accuracy"] == a["test_accuracy"]
     assert [e["epoch"] for e in c["epochs"]] == [1, 2]
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    config = Config(learning_rate=0.004, warmup_epochs=0.5, n_epochs=4)
+    schedule = train.learning_rate_schedule(config, steps=100)
+    rates = [float(schedule(step)) for step in range(401)]
+    assert rates[0] == 0 and rates[25] == pytest.approx(0.002) and rates[50] == pytest.approx(0.004)
+    assert rates[50 + 175] == pytest.approx(0.002)  # half-way through the cosine
+    assert rates[400] == pytest.approx(0, abs=1e-9)
+    assert all(a < b for a, b in zip(rates[:50], rates[1:51]))
+    assert all(a > b for a, b in zip(rates[50:400], rates[51:401]))
+    no_warmup = train.learning_rate_schedule(dataclasses.replace(config, warmup_epochs=0), 100)
+    assert float(no_warmup(0)) == pytest.approx(0.004)
+
+
+def test_the_original_flags_give_its_constant_rate_and_no_weight_average():
+    from swsl_cli.cli import parse_args
+
+    config = parse_args(
+        "--lr_schedule exponential --learning_rate 0.01 --lr_decay 1 --max_shift 0 --ema 0".split()
+    )
+    model = build_model(dataclasses.replace(config, n_filters=(2, 2)))
+    train.compile_model(model, config, steps=100, jit=False)
+    optimizer = model.optimizer
+    assert type(optimizer) is keras.optimizers.Adam and not optimizer.use_ema
+    assert [float(optimizer.learning_rate)] == [0.01]
+    assert {float(optimizer._learning_rate(step)) for step in (0, 99, 100, 5000)} == {
+        pytest.approx(0.01)
+    }
+    decayed = train.learning_rate_schedule(dataclasses.replace(config, lr_decay=0.75), 100)
+    assert float(decayed(250)) == pytest.approx(0.01 * 0.75**2)
+    assert "shift" not in [layer.name for layer in model.layers]
+
+
+def test_the_weight_average_is_validated_and_saved_and_checkpoints_keep_both(tmp_path, mnist_dir):
+    config = config_for(tmp_path, mnist_dir, n_epochs=1, seed=5, ema=0.9, run_name="ema")
+    assert train.run(config) == 0
+    run_dir = tmp_path / "tb" / "ema"
+    final = keras.models.load_model(run_dir / "model.keras")
+    checkpoint = keras.models.load_model(run_dir / "checkpoints" / "epoch-1" / "model.keras")
+    averages = checkpoint.optimizer._model_variables_moving_average
+    assert len(averages) == len(final.trainable_variables) > 0
+    for saved, average in zip(final.trainable_variables, averages):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), average.numpy())
+    # The checkpoint's own weights are the raw ones, which training continues from.
+    raw = [keras.ops.convert_to_numpy(v) for v in checkpoint.trainable_variables]
+    assert any(not np.array_equal(r, a.numpy()) for r, a in zip(raw, averages))
+    # Validation (the test split here) saw the averaged weights, as the final test did.
+    metrics = metrics_of(tmp_path, "ema")
+    assert metrics["epochs"][-1]["val_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+    arrays = data.load_mnist(str(mnist_dir)).limited(None, SMALL["max_test_examples"])
+    raw_loss = checkpoint.evaluate(arrays.x_test.astype("float32"), arrays.y_test, verbose=0)[0]
+    assert raw_loss != pytest.approx(metrics["test_loss"], rel=1e-3)
+
+
+def test_extending_a_cosine_run_spreads_the_schedule_over_the_new_length(tmp_path, mnist_dir):
+    config = config_for(tmp_path, mnist_dir, n_epochs=1, seed=6, run_name="ext")
+    assert train.run(config) == 0
+    extended = dataclasses.replace(config, n_epochs=2, resume=True)
+    assert train.run(extended, frozenset({"resume", "run_name", "n_epochs"})) == 0
+    model = keras.models.load_model(
+        tmp_path / "tb" / "ext" / "checkpoints" / "epoch-2" / "model.keras"
+    )
+    steps = 384 // 64
+    # Restored from the checkpoint with the run's first length, rebuilt over the new one:
+    # at the end of epoch 1 the rate is half the peak (a cosine over 2 epochs), not 0.
+    expected = train.learning_rate_schedule(dataclasses.replace(config, n_epochs=2), steps)
+    assert int(model.optimizer.iterations) == 2 * steps
+    assert model.optimizer._learning_rate.get_config() == expected.get_config()
+    assert float(expected(steps)) == pytest.approx(config.learning_rate / 2, rel=0.1)
+    assert [e["epoch"] for e in metrics_of(tmp_path, "ext")["epochs"]] == [1, 2]
 
 
 def test_nonfinite_loss_stops_with_exit_1(tmp_path, mnist_dir, capsys):
