@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?=
 LOGDIR ?= tensorboard
 EPOCHS ?=
+SEEDS ?=
 DATA_FLAG := $(if $(DATA_DIR),--data_dir $(DATA_DIR),)
 
 .PHONY: install test test-torch lint train tensorboard reproduce bench clean
@@ -40,7 +41,8 @@ tensorboard:
 	$(BIN)/tensorboard --logdir $(LOGDIR)
 
 reproduce:
-	$(BIN)/python benchmarks/reproduce.py $(DATA_FLAG) --logdir $(LOGDIR) $(if $(EPOCHS),--epochs $(EPOCHS),)
+	$(BIN)/python benchmarks/reproduce.py $(DATA_FLAG) --logdir $(LOGDIR) $(if $(EPOCHS),--epochs $(EPOCHS),) \
+		$(if $(SEEDS),--seeds $(SEEDS),)
 
 bench:
 	$(BIN)/python benchmarks/bench.py $(DATA_FLAG)
