@@ -174,6 +174,17 @@ def main() -> int:
     local = fit_throughput(Config(layer="local"), images, labels)
     add("fit throughput, LocallyConnected2D (24, 48)", local, "img/s", "batch 64, float32")
     add("local / conv", local / conv, "x", "goal >= 0.75")
+    # The recipe's per-step cost: the weight average (--ema) against the previous recipe's
+    # plain Adam with exponential decay.
+    previous = fit_throughput(
+        Config(lr_schedule="exponential", learning_rate=1e-3, ema=0.0), images, labels
+    )
+    add(
+        "fit throughput, SWS 2x2, previous recipe (no --ema)",
+        previous,
+        "img/s",
+        f"default recipe at {sws / previous:.3f} x",
+    )
     trainable = fit_throughput(
         Config(centroids_trainable=True, centroid_grid=(3, 3)), images, labels
     )

@@ -329,8 +329,9 @@ def training_command(given: dict) -> tuple[Config, frozenset[str]]:
     if "format" in given or "compare" in given:
         raise UsageError("--format and --compare train nothing; give them without training flags")
     config = Config(**given)
+    # With --resume the schedule comes from the saved run, which `runs.resume` compares.
     for name, schedule in (("lr_decay", "exponential"), ("warmup_epochs", "cosine")):
-        if name in given and config.lr_schedule != schedule:
+        if name in given and config.lr_schedule != schedule and not config.resume:
             raise UsageError(
                 f"--{name} applies to --lr_schedule {schedule}, not {config.lr_schedule}"
             )

@@ -191,6 +191,26 @@ def test_resume_refuses_contradictions_and_writes_nothing(tmp_path, flags, messa
     assert {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file()} == before
 
 
+def test_a_run_saved_before_the_recipe_flags_resumes_with_its_own_training(tmp_path):
+    from swsl_cli.cli import parse_command
+
+    run = _saved_run(tmp_path, lr_schedule="exponential", learning_rate=1e-3, ema=0.0)
+    saved = json.loads(run.config.read_text())
+    for name in ("lr_schedule", "warmup_epochs", "ema"):
+        del saved[name]
+    run.config.write_text(json.dumps(saved))
+    logdir = ["--logdir", str(tmp_path), "--resume"]
+    config = resume(*parse_command([*logdir, "--lr_decay", "0.75"])).config
+    assert (config.lr_schedule, config.learning_rate, config.lr_decay, config.ema) == (
+        "exponential",
+        1e-3,
+        0.75,
+        0.0,
+    )
+    with pytest.raises(runs.RunError, match="--lr_schedule cosine contradicts the saved run's"):
+        resume(*parse_command([*logdir, "--lr_schedule", "cosine"]))
+
+
 def test_resume_refusals(tmp_path):
     given = frozenset({"resume", "run_name"})
     with pytest.raises(runs.RunError, match="does not exist"):
