@@ -250,6 +250,9 @@ def main() -> int:
         help="also train each spatial command on plain mnist at the same budget",
     )
     args = parser.parse_args()
+    # A repeated seed or command would reuse a run name.
+    args.seeds = list(dict.fromkeys(args.seeds))
+    args.commands = None if args.commands is None else list(dict.fromkeys(args.commands))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     bin_dir = Path(sys.executable).parent
     table, failed = [f"Logs in {args.logdir}."], False

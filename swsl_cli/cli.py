@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     more.add_argument(
         "--ema",
-        type=_number(float, minimum=0, maximum=1),
+        # Beyond 0.9999 (an average over 10,000 steps) float32 rounds the momentum to 1.
+        type=_number(float, minimum=0, maximum=0.9999),
         metavar="MOMENTUM",
         help="Evaluate and save an exponential moving average of the weights, updated every "
         "step with this momentum (Keras's use_ema); 0 turns it off, as the original",
@@ -219,6 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, minimum=0, maximum=14),
         help="Training augmentation: random shifts of up to this many pixels per axis "
         "(0 turns it off, as the original)",
+    )
+    more.add_argument(
+        "--max_rotation",
+        type=_number(float, minimum=0, maximum=180),
+        metavar="DEGREES",
+        help="Training augmentation: random rotations of up to this many degrees either way "
+        "(0 turns it off, as the original)",
+    )
+    more.add_argument(
+        "--max_zoom",
+        type=_number(float, minimum=0, maximum=0.5),
+        metavar="FRACTION",
+        help="Training augmentation: random zooms in or out by up to this fraction of the "
+        "image (0 turns it off, as the original)",
     )
     more.add_argument(
         "--seed",
@@ -281,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument(
         "--jit_compile",
         choices=JIT,
-        help="XLA compilation of the train step (measured slower on CPU; the shift "
-        "augmentation has no XLA kernel, so use it with --max_shift 0)",
+        help="XLA compilation of the train step (measured slower on CPU; the augmentation "
+        "has no XLA kernel, so use it with --max_shift 0 --max_rotation 0 --max_zoom 0)",
     )
     more.add_argument(
         "--quiet", action="store_true", help="No progress bars: one plain line per epoch"
@@ -335,18 +350,15 @@ def training_command(given: dict) -> tuple[Config, frozenset[str]]:
             raise UsageError(
                 f"--{name} applies to --lr_schedule {schedule}, not {config.lr_schedule}"
             )
-    if config.warmup_epochs > config.n_epochs and not config.resume:
+    if config.warmup_epochs >= config.n_epochs and not config.resume:
         raise UsageError(
-            f"--warmup_epochs {config.warmup_epochs:g} is longer than the run "
-            f"(--n_epochs {config.n_epochs})"
+            f"--warmup_epochs {config.warmup_epochs:g} leaves no steps to decay over: it "
+            f"must be shorter than the run (--n_epochs {config.n_epochs})"
         )
-    if config.ema >= 1:
+    if config.jit_compile == "on" and config.augments:
         raise UsageError(
-            f"--ema must be below 1 (1 would never move the average), got {config.ema:g}"
-        )
-    if config.jit_compile == "on" and config.max_shift:
-        raise UsageError(
-            "--jit_compile on needs --max_shift 0: the shift augmentation has no XLA kernel"
+            "--jit_compile on needs the augmentation off (--max_shift 0 --max_rotation 0 "
+            "--max_zoom 0): its image transforms have no XLA kernel"
         )
     if config.distribute == "multi_worker":
         try:

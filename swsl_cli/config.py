@@ -18,7 +18,13 @@ LR_SCHEDULES = ("cosine", "exponential")
 
 # Settings a saved `config.json` from before they existed lacks: such a run
 # trained with these values, so resuming it keeps them (not today's defaults).
-LEGACY_SETTINGS = {"lr_schedule": "exponential", "warmup_epochs": 0.0, "ema": 0.0}
+LEGACY_SETTINGS = {
+    "lr_schedule": "exponential",
+    "warmup_epochs": 0.0,
+    "ema": 0.0,
+    "max_rotation": 0.0,
+    "max_zoom": 0.0,
+}
 
 # What `--resume` may take from the command line; every other flag comes back
 # from the saved run, and giving it with another value is refused. `n_epochs`
@@ -57,6 +63,8 @@ class Config:
     lr_decay: float = 0.75
     ema: float = 0.99
     max_shift: int = 2
+    max_rotation: float = 10.0
+    max_zoom: float = 0.1
     seed: int | None = None
     # None: deterministic ops exactly when a seed was given (set when the seed is drawn).
     deterministic: bool | None = None
@@ -72,6 +80,11 @@ class Config:
     jit_compile: str = "off"
     # Seconds a multi-worker run waits for every worker of TF_CONFIG to join.
     peer_timeout: float = 300.0
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images are randomly shifted, rotated or zoomed."""
+        return bool(self.max_shift or self.max_rotation or self.max_zoom)
 
     @property
     def centroids(self) -> int | tuple[int, int]:

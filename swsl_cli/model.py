@@ -54,8 +54,9 @@ def build_model(
 
     The same layer stack for any `input_shape` `(height, width, channels)` and
     `num_classes` (defaults: MNIST's). The model takes images as stored, 0-255
-    (uint8 or float), and scales them itself. With `max_shift`, a random
-    translation of the training images comes first.
+    (uint8 or float), and scales them itself. With `max_rotation`, `max_zoom`
+    and `max_shift`, random rotations, zooms and whole-pixel shifts of the
+    training images come first.
 
     Both convolutions are `SoftWeightSharingConv2D` (`per_feature=True`, the
     flags' centroids) for `--layer sws`, or plain `Conv2D` for `--layer conv`.
@@ -64,8 +65,24 @@ def build_model(
     inputs = keras.Input(tuple(input_shape), name="image")
     # Pixels arrive as stored (0-255): the saved model takes raw images.
     x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
+    # Random rotations, zooms and shifts, during training only; a black border.
+    if config.max_rotation:
+        x = keras.layers.RandomRotation(
+            config.max_rotation / 360,
+            fill_mode="constant",
+            interpolation="bilinear",
+            seed=seed + 5,
+            name="rotate",
+        )(x)
+    if config.max_zoom:
+        x = keras.layers.RandomZoom(
+            (-config.max_zoom, config.max_zoom),
+            fill_mode="constant",
+            interpolation="bilinear",
+            seed=seed + 6,
+            name="zoom",
+        )(x)
     if config.max_shift:
-        # Whole-pixel shifts with a black border, during training only.
         x = keras.layers.RandomTranslation(
             config.max_shift / input_shape[0],
             config.max_shift / input_shape[1],

@@ -227,6 +227,7 @@ class EpochRecorder(keras.callbacks.Callback):
                 "epoch": epoch + 1,
                 "epochs": record.epochs,
                 "data_fingerprint": session.data_fingerprint,
+                "global_batch": session.global_batch,
             },
         )
         record.write(status="running")
@@ -322,6 +323,17 @@ def prepare(config: Config, resumed: runs.Resumption | None, console: Console) -
             raise runs.RunError(
                 f"--resume: {arrays.source} is not the data run {config.run_name!r} was "
                 "trained on (its fingerprint differs); pass --data_dir with the run's data"
+            )
+        # The learning rate is a function of the step: another number of replicas would
+        # count steps of another size.
+        saved_batch = resumed.checkpoint.state.get("global_batch")
+        global_batch = config.batch_size * strategy.num_replicas_in_sync
+        if saved_batch is not None and saved_batch != global_batch:
+            raise runs.RunError(
+                f"--resume: run {config.run_name!r} was trained with a global batch of "
+                f"{saved_batch} ({config.batch_size} per replica); on "
+                f"{strategy.num_replicas_in_sync} replica(s) it would be {global_batch}: "
+                "resume it on as many devices (or workers) as it started with"
             )
         run, checkpoint = resumed.run, resumed.checkpoint
         run.remove_partial_files()

@@ -86,7 +86,7 @@ def test_further_options():
         "--data_dir d --batch_size 32 --learning_rate 0.01 --seed 3 --run_name r --layer conv "
         "--max_train_examples 100 --max_test_examples 50 --quiet --resume --distribute mirrored "
         "--log_verbosity 3 --lr_decay 1 --precision float32 --jit_compile on --max_shift 0 "
-        "--lr_schedule exponential --ema 0".split()
+        "--lr_schedule exponential --ema 0 --max_rotation 0 --max_zoom 0".split()
     )
     assert (config.data_dir, config.batch_size, config.learning_rate, config.seed) == (
         "d",
@@ -102,10 +102,12 @@ def test_further_options():
 
 def test_the_original_training_is_three_flags_and_the_schedule():
     config = parse_args(
-        "--lr_schedule exponential --learning_rate 0.01 --lr_decay 1 --max_shift 0 --ema 0".split()
+        "--lr_schedule exponential --learning_rate 0.01 --lr_decay 1 --max_shift 0 --ema 0 "
+        "--max_rotation 0 --max_zoom 0".split()
     )
     assert (config.lr_schedule, config.learning_rate, config.lr_decay) == ("exponential", 0.01, 1)
-    assert (config.max_shift, config.ema) == (0, 0)
+    assert (config.max_shift, config.ema, config.max_rotation, config.max_zoom) == (0, 0, 0, 0)
+    assert not config.augments
 
 
 REFUSALS = [
@@ -143,7 +145,10 @@ REFUSALS = [
     (["--n_centroids", "5000"], "argument --n_centroids: must be >= 1 and <= 1024"),
     (["--centroid_grid", "40", "2"], "argument --centroid_grid: must be >= 1 and <= 32"),
     (["--jit_compile", "auto"], "invalid choice: 'auto'"),
-    (["--jit_compile", "on"], "--jit_compile on needs --max_shift 0"),
+    (["--jit_compile", "on"], "--jit_compile on needs the augmentation off"),
+    (["--jit_compile", "on", "--max_shift", "0"], "--jit_compile on needs the augmentation off"),
+    (["--max_rotation", "181"], "argument --max_rotation: must be >= 0 and <= 180"),
+    (["--max_zoom", "0.6"], "argument --max_zoom: must be >= 0 and <= 0.5"),
     (["--kcp_init", "zeros"], "invalid choice: 'zeros'"),
     (["--lr_schedule", "step"], "invalid choice: 'step'"),
     (["--lr_decay", "0.5"], "--lr_decay applies to --lr_schedule exponential, not cosine"),
@@ -152,9 +157,10 @@ REFUSALS = [
         "--warmup_epochs applies to --lr_schedule cosine, not exponential",
     ),
     (["--warmup_epochs", "-1"], "argument --warmup_epochs: must be >= 0"),
-    (["--warmup_epochs", "4", "--n_epochs", "3"], "--warmup_epochs 4 is longer than the run"),
-    (["--ema", "1"], "--ema must be below 1"),
-    (["--ema", "1.5"], "argument --ema: must be >= 0 and <= 1"),
+    (["--warmup_epochs", "4", "--n_epochs", "3"], "--warmup_epochs 4 leaves no steps to decay"),
+    (["--warmup_epochs", "10"], "must be shorter than the run"),
+    (["--ema", "1"], "argument --ema: must be >= 0 and <= 0.9999, got '1'"),
+    (["--ema", "0.99999999"], "argument --ema: must be >= 0 and <= 0.9999"),
     (["--ema", "-0.1"], "argument --ema: must be >= 0"),
     (["--unknown_flag"], "unrecognized arguments: --unknown_flag"),
 ]

@@ -13,7 +13,11 @@ def layer_types(model):
 
 
 def test_sws_network_follows_the_seed():
-    model = build_model(Config(centroid_grid=(3, 3), centroids_trainable=True, max_shift=0))
+    model = build_model(
+        Config(
+            centroid_grid=(3, 3), centroids_trainable=True, max_shift=0, max_rotation=0, max_zoom=0
+        )
+    )
     assert layer_types(model) == [
         "InputLayer",
         "Rescaling",
@@ -77,3 +81,23 @@ def test_shift_augmentation_only_while_training():
     assert set(np.unique(moved)) <= {0.0, 1.0}  # whole-pixel shifts, black border
     assert not np.array_equal(moved, images)
     assert "shift" not in [layer.name for layer in build_model(Config(max_shift=0)).layers]
+
+
+def test_rotation_and_zoom_only_while_training_and_only_when_asked():
+    model = build_model(Config(max_rotation=10, max_zoom=0.1, n_filters=(4, 4)))
+    names = [layer.name for layer in model.layers]
+    assert names.index("rotate") < names.index("zoom") < names.index("shift")
+    images = np.zeros((8, 28, 28, 1), "float32")
+    images[:, 6:22, 12:16] = 1.0  # an upright bar
+    for name in ("rotate", "zoom"):
+        layer = model.get_layer(name)
+        kept = keras.ops.convert_to_numpy(layer(images, training=False))
+        np.testing.assert_array_equal(kept, images)
+        changed = keras.ops.convert_to_numpy(layer(images, training=True))
+        assert not np.array_equal(changed, images)
+        assert changed.min() >= 0 and changed.max() <= 1  # bilinear, black border
+    # Within the bound: a 10 degree turn moves the bar's ends by at most 8 * sin(10) < 1.5 px.
+    turned = keras.ops.convert_to_numpy(model.get_layer("rotate")(images, training=True))
+    assert turned[:, :5].max() == 0 and turned[:, 23:].max() == 0
+    plain = build_model(Config(max_rotation=0, max_zoom=0, n_filters=(4, 4)))
+    assert not {"rotate", "zoom"} & {layer.name for layer in plain.layers}

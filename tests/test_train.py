@@ -222,7 +222,8 @@ def test_the_original_flags_give_its_constant_rate_and_no_weight_average():
     from swsl_cli.cli import parse_args
 
     config = parse_args(
-        "--lr_schedule exponential --learning_rate 0.01 --lr_decay 1 --max_shift 0 --ema 0".split()
+        "--lr_schedule exponential --learning_rate 0.01 --lr_decay 1 --max_shift 0 --ema 0 "
+        "--max_rotation 0 --max_zoom 0".split()
     )
     model = build_model(dataclasses.replace(config, n_filters=(2, 2)))
     train.compile_model(model, config, steps=100, jit=False)
@@ -233,7 +234,7 @@ def test_the_original_flags_give_its_constant_rate_and_no_weight_average():
     assert rates == pytest.approx([0.01] * 4)
     decayed = train.learning_rate_schedule(dataclasses.replace(config, lr_decay=0.75), 100)
     assert float(decayed(250)) == pytest.approx(0.01 * 0.75**2)
-    assert "shift" not in [layer.name for layer in model.layers]
+    assert not {"shift", "rotate", "zoom"} & {layer.name for layer in model.layers}
 
 
 def test_the_weight_average_is_validated_and_saved_and_checkpoints_keep_both(tmp_path, mnist_dir):
@@ -275,6 +276,22 @@ def test_extending_a_cosine_run_spreads_the_schedule_over_the_new_length(tmp_pat
     assert float(first(steps)) == pytest.approx(0, abs=1e-9)
     assert float(expected(steps)) > config.learning_rate / 2
     assert [e["epoch"] for e in metrics_of(tmp_path, "ext")["epochs"]] == [1, 2]
+
+
+def test_resume_on_another_number_of_replicas_is_refused(tmp_path, mnist_dir, capsys):
+    config = config_for(tmp_path, mnist_dir, n_epochs=1, seed=6, run_name="two")
+    assert train.run(config) == 0
+    # As if the run had started on two replicas: its steps counted 128 images each.
+    state_file = tmp_path / "tb" / "two" / "checkpoints" / "epoch-1" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["global_batch"] == 64
+    state_file.write_text(json.dumps(dict(state, global_batch=128)))
+    extended = dataclasses.replace(config, n_epochs=2, resume=True)
+    assert train.main(extended, frozenset({"resume", "run_name", "n_epochs"})) == 1
+    err = capsys.readouterr().err
+    assert "was trained with a global batch of 128 (64 per replica)" in err
+    assert "on 1 replica(s) it would be 64" in err and err.count("\n") == 1
+    assert [e["epoch"] for e in metrics_of(tmp_path, "two")["epochs"]] == [1]
 
 
 def test_nonfinite_loss_stops_with_exit_1(tmp_path, mnist_dir, capsys):
