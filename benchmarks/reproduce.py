@@ -37,7 +37,9 @@ FIRST_EPOCH_FLOOR = 0.99  # the goal after the first epoch of a full-budget run
 SHORT_FLOOR = 0.97  # a shorter budget still has to learn
 SEED = 1
 # The spatial benchmark: one command per layer kind, at a budget small enough for CI.
-SPATIAL_COMMAND = "swsl-train --dataset spatial_mnist --max_shift 0 --layer"
+SPATIAL_COMMAND = (
+    "swsl-train --dataset spatial_mnist --max_shift 0 --max_rotation 0 --max_zoom 0 --layer"
+)
 SPATIAL_LAYERS = ("conv", "sws", "local")
 SPATIAL_TRAIN, SPATIAL_TEST, SPATIAL_EPOCHS = 6000, 2000, 3
 
