@@ -219,17 +219,17 @@ class EpochRecorder(keras.callbacks.Callback):
             seconds=round(seconds, 3),
             images_per_second=round(self.images / seconds, 1),
         )
-        record.epochs.append(entry)
         session = record.session
         session.checkpoint = session.run.save_checkpoint(
             self.model.save,
             {
                 "epoch": epoch + 1,
-                "epochs": record.epochs,
+                "epochs": [*record.epochs, entry],
                 "data_fingerprint": session.data_fingerprint,
                 "global_batch": session.global_batch,
             },
         )
+        record.epochs.append(entry)  # once saved: metrics.json lists what --resume keeps
         record.write(status="running")
         session.console.line(
             epoch_line(epoch + 1, session.config.n_epochs, entry, seconds, self.images)

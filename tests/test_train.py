@@ -538,6 +538,28 @@ def test_disk_full_while_checkpointing_is_one_line_and_spares_earlier_runs(
     assert after == before
 
 
+def test_disk_full_at_a_later_checkpoint_keeps_the_saved_epochs_only(
+    tmp_path, mnist_dir, capsys, monkeypatch
+):
+    real_save = keras.Model.save
+    calls = []
+
+    def full_at_the_second_epoch(model, path, *args, **kwargs):
+        calls.append(path)
+        real_save(model, path, *args, **kwargs)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(keras.Model, "save", full_at_the_second_epoch)
+    config = config_for(tmp_path, mnist_dir, n_epochs=3, seed=1, run_name="full")
+    assert train.main(config) == 1
+    assert "epoch-2: No space left on device" in capsys.readouterr().err
+    metrics = metrics_of(tmp_path, "full")
+    # metrics.json lists the epochs that --resume keeps, not the one whose save failed.
+    assert metrics["status"] == "failed" and [e["epoch"] for e in metrics["epochs"]] == [1]
+    assert [p.name for p in (tmp_path / "tb" / "full" / "checkpoints").iterdir()] == ["epoch-1"]
+
+
 def test_multi_worker_from_tf_config_on_one_local_worker(tmp_path, mnist_dir):
     import socket
 
