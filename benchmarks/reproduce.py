@@ -179,9 +179,10 @@ def readme_commands(args, stamp: str, bin_dir: Path) -> tuple[list[str], bool]:
     rows, failed = [], False
     for index in chosen:
         command, has_floor = commands[index]
+        names = [f"reproduce-{stamp}-{index}-s{seed}" for seed in args.seeds]
         runs = [
-            train_run(args, bin_dir, command, f"reproduce-{stamp}-{index}-s{seed}", seed, budget)
-            for seed in args.seeds
+            train_run(args, bin_dir, command, name, seed, budget)
+            for name, seed in zip(names, args.seeds)
         ]
         if not all(runs):
             rows.append(f"| `{command}` | {args.epochs} | - | - | - | - | FAILED |")
@@ -190,7 +191,7 @@ def readme_commands(args, stamp: str, bin_dir: Path) -> tuple[list[str], bool]:
         first = [run["epochs"][0]["val_accuracy"] for run in runs]
         last = [run["test_accuracy"] for run in runs]
         mean_first, mean_last = sum(first) / len(first), sum(last) / len(last)
-        run_dirs = [Path(args.logdir) / f"reproduce-{stamp}-{index}-s{seed}" for seed in args.seeds]
+        run_dirs = [Path(args.logdir) / name for name in names]
         if not has_floor:
             verdict = "ok (baseline, no floor)"
         elif mean_last < floor:
