@@ -296,8 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument(
         "--jit_compile",
         choices=JIT,
-        help="XLA compilation of the train step (measured slower on CPU; the augmentation "
-        "has no XLA kernel, so use it with --max_shift 0 --max_rotation 0 --max_zoom 0)",
+        help="XLA compilation of the train step (measured slower on CPU)",
     )
     more.add_argument(
         "--quiet", action="store_true", help="No progress bars: one plain line per epoch"
@@ -354,11 +353,6 @@ def training_command(given: dict) -> tuple[Config, frozenset[str]]:
         raise UsageError(
             f"--warmup_epochs {config.warmup_epochs:g} leaves no steps to decay over: it "
             f"must be shorter than the run (--n_epochs {config.n_epochs})"
-        )
-    if config.jit_compile == "on" and config.augments:
-        raise UsageError(
-            "--jit_compile on needs the augmentation off (--max_shift 0 --max_rotation 0 "
-            "--max_zoom 0): its image transforms have no XLA kernel"
         )
     if config.distribute == "multi_worker":
         try:

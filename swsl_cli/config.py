@@ -82,11 +82,6 @@ class Config:
     peer_timeout: float = 300.0
 
     @property
-    def augments(self) -> bool:
-        """Whether training images are randomly shifted, rotated or zoomed."""
-        return bool(self.max_shift or self.max_rotation or self.max_zoom)
-
-    @property
     def centroids(self) -> int | tuple[int, int]:
         """The layer's `centroids` argument: `n_centroids` (random) overrides the grid."""
         return self.n_centroids if self.n_centroids is not None else tuple(self.centroid_grid)

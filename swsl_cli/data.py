@@ -2,8 +2,9 @@
 
 Every source is read into uint8 arrays `(N, H, W, C)` and int labels first,
 checked, then one pipeline serves them all: a seeded permutation per epoch (so
-a resumed run sees the same order as an uninterrupted one), batching, scaling
-to [0, 1] and prefetching; the evaluation sets are scaled once and cached.
+a resumed run sees the same order as an uninterrupted one), batching, the
+training augmentation (seeded per batch, for the same reason) and prefetching;
+the evaluation sets are converted once and cached.
 
 Where `--dataset mnist` comes from, first match wins: `--data_dir` if given;
 tensorflow-datasets if MNIST is prepared in its data dir or the network
@@ -30,8 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from swsl_cli.augment import Augmentation
+
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
+# Second word of the augmentation's stateless seed: a stream apart from the shuffle's.
+AUGMENTATION_STREAM = 4
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -648,30 +653,43 @@ def _as_float(images, labels):
     return tf.cast(images, tf.float32), labels
 
 
-def train_dataset(arrays: ImageArrays, batch_size: int, seed: int, epochs: range):
+def train_dataset(
+    arrays: ImageArrays,
+    batch_size: int,
+    seed: int,
+    epochs: range,
+    augmentation: Augmentation | None = None,
+):
     """Batches of every epoch in `epochs`, each a fresh seeded permutation of the training set.
 
     Epoch `e` always uses the permutation drawn from `(seed, e)`, whichever
     epoch training starts at; each epoch has `ceil(N / batch_size)` batches.
+    With an `augmentation`, batch `b` of epoch `e` is moved by draws from
+    `(seed, e, b)`: the same, too, whichever epoch training starts at.
     """
     import tensorflow as tf
 
     images = tf.constant(arrays.x_train)
     labels = tf.constant(arrays.y_train)
     count = len(arrays.x_train)
+    fold_in = tf.random.experimental.stateless_fold_in
 
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
             tf.range(count), seed=tf.stack([tf.cast(seed, tf.int64), epoch])
         )
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        return batches.map(lambda step, index: (epoch, step, index))
+
+    def load(epoch, step, index):
+        batch = _as_float(tf.gather(images, index), tf.gather(labels, index))
+        if not augmentation:
+            return batch
+        stream = tf.constant([seed, AUGMENTATION_STREAM], tf.int64)
+        return augmentation(batch[0], fold_in(fold_in(stream, epoch), step)), batch[1]
 
     dataset = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
-    dataset = dataset.map(
-        lambda index: _as_float(tf.gather(images, index), tf.gather(labels, index)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

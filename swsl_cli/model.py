@@ -54,9 +54,8 @@ def build_model(
 
     The same layer stack for any `input_shape` `(height, width, channels)` and
     `num_classes` (defaults: MNIST's). The model takes images as stored, 0-255
-    (uint8 or float), and scales them itself. With `max_rotation`, `max_zoom`
-    and `max_shift`, random rotations, zooms and whole-pixel shifts of the
-    training images come first.
+    (uint8 or float), and scales them itself. The training augmentation is
+    not part of it: the input pipeline does it (`swsl_cli.augment`).
 
     Both convolutions are `SoftWeightSharingConv2D` (`per_feature=True`, the
     flags' centroids) for `--layer sws`, or plain `Conv2D` for `--layer conv`.
@@ -65,32 +64,6 @@ def build_model(
     inputs = keras.Input(tuple(input_shape), name="image")
     # Pixels arrive as stored (0-255): the saved model takes raw images.
     x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
-    # Random rotations, zooms and shifts, during training only; a black border.
-    if config.max_rotation:
-        x = keras.layers.RandomRotation(
-            config.max_rotation / 360,
-            fill_mode="constant",
-            interpolation="bilinear",
-            seed=seed + 5,
-            name="rotate",
-        )(x)
-    if config.max_zoom:
-        x = keras.layers.RandomZoom(
-            (-config.max_zoom, config.max_zoom),
-            fill_mode="constant",
-            interpolation="bilinear",
-            seed=seed + 6,
-            name="zoom",
-        )(x)
-    if config.max_shift:
-        x = keras.layers.RandomTranslation(
-            config.max_shift / input_shape[0],
-            config.max_shift / input_shape[1],
-            fill_mode="constant",
-            interpolation="nearest",
-            seed=seed + 4,
-            name="shift",
-        )(x)
     x = _conv(config, 0, first, 7, seed)(x)
     x = LocalResponseNormalization(name="lrn1")(x)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)
@@ -107,6 +80,13 @@ def build_model(
         x
     )
     return keras.Model(inputs, outputs, name=f"{config.layer}_mnist")
+
+
+def augments_itself(model: keras.Model) -> bool:
+    """Whether `model` has augmentation layers of its own: runs saved by 0.2 and
+    earlier rotated, zoomed and shifted inside the model, and resume that way."""
+    own = (keras.layers.RandomRotation, keras.layers.RandomZoom, keras.layers.RandomTranslation)
+    return any(isinstance(layer, own) for layer in model.layers)
 
 
 def sws_layers(model: keras.Model) -> list[SoftWeightSharingConv2D]:

@@ -54,13 +54,14 @@ with native_stderr_hidden():
     import tensorflow as tf
 
 from swsl_cli import data, distribute, runs  # noqa: E402
+from swsl_cli.augment import Augmentation  # noqa: E402
 from swsl_cli.config import PROG, Config  # noqa: E402
 from swsl_cli.interrupts import (  # noqa: E402
     EXIT_CODES,
     Interrupted,
     handled_by,
 )
-from swsl_cli.model import build_model, parameter_counts  # noqa: E402
+from swsl_cli.model import augments_itself, build_model, parameter_counts  # noqa: E402
 from swsl_cli.progress import Console, ProgressBar, epoch_line  # noqa: E402
 from swsl_cli.summaries import (  # noqa: E402
     LayerSummaries,
@@ -424,6 +425,7 @@ def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
                     session.global_batch,
                     config.seed,
                     range(session.start_epoch, config.n_epochs),
+                    None if augments_itself(model) else Augmentation.from_config(config),
                 )
             ),
             epochs=config.n_epochs,
