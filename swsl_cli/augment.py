@@ -1,4 +1,4 @@
-"""Training augmentation: random rotation, zoom and whole-pixel shift in one resampling.
+"""Training augmentation: random rotation, zoom and shift in one resampling.
 
 It runs in the `tf.data` input pipeline, not in the model: Keras's advice for
 training on CPU, where the pipeline's threads prepare the next batches while
@@ -19,20 +19,21 @@ import math
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """Random rotation, zoom and whole-pixel shift of each image, as one affine map.
+    """Random rotation, zoom and shift of each image, as one affine map.
 
     Every image gets its own draws:
 
     - an angle uniform in `[-max_rotation, max_rotation]` degrees,
     - a scale uniform in `[1 - max_zoom, 1 + max_zoom]`, the same on both axes
       (above 1 zooms out, as in `keras.layers.RandomZoom`),
-    - a shift of a whole number of pixels per axis, uniform on the integers
-      `-max_shift..max_shift`,
+    - a shift per axis uniform in `[-max_shift, max_shift]` pixels,
 
-    about the image's centre, with bilinear interpolation (nearest when there
-    is no rotation or zoom, so shifts alone move whole pixels) and a black (0)
-    border. Keras's `RandomRotation`, `RandomZoom` and `RandomTranslation`
-    would resample the batch three times for the same map.
+    about the image's centre, with bilinear interpolation and a black (0)
+    border. Shifts alone (no rotation or zoom) use nearest interpolation, so
+    they move whole pixels: the drawn shift rounded, as Keras's
+    `RandomTranslation(interpolation="nearest")` does. Keras's
+    `RandomRotation`, `RandomZoom` and `RandomTranslation` would resample the
+    batch three times for the same map.
     """
 
     max_rotation: float = 0.0
@@ -55,10 +56,8 @@ class Augmentation:
 
         angle = (2 * draws[:, 0] - 1) * math.radians(self.max_rotation)
         scale = 1 + (2 * draws[:, 1] - 1) * self.max_zoom
-        # floor(u * (2s + 1)) - s is uniform on the integers -s..s.
-        span = 2 * self.max_shift + 1
-        shift_x = ops.minimum(ops.floor(draws[:, 2] * span), span - 1) - self.max_shift
-        shift_y = ops.minimum(ops.floor(draws[:, 3] * span), span - 1) - self.max_shift
+        shift_x = (2 * draws[:, 2] - 1) * self.max_shift
+        shift_y = (2 * draws[:, 3] - 1) * self.max_shift
         cos, sin = scale * ops.cos(angle), scale * ops.sin(angle)
         # Output pixel (x, y) samples the input at
         #   centre + scale * rotation(angle) @ ((x, y) - centre) - shift.

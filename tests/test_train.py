@@ -16,6 +16,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from swsl_cli import data, train
+from swsl_cli.augment import Augmentation
 from swsl_cli.config import Config
 from swsl_cli.model import build_model
 
@@ -235,6 +236,28 @@ def test_the_original_flags_give_its_constant_rate_and_no_weight_average():
     decayed = train.learning_rate_schedule(dataclasses.replace(config, lr_decay=0.75), 100)
     assert float(decayed(250)) == pytest.approx(0.01 * 0.75**2)
     assert not {"shift", "rotate", "zoom"} & {layer.name for layer in model.layers}
+
+
+def test_the_pipeline_augments_unless_the_model_does_it_itself(tmp_path, mnist_dir, monkeypatch):
+    """New models get the augmentation in the pipeline; a run saved by 0.2 has
+    Keras's augmentation layers in its model and must not be augmented twice."""
+    asked = []
+    pipeline = data.train_dataset
+    monkeypatch.setattr(
+        data, "train_dataset", lambda *args: asked.append(args[4]) or pipeline(*args)
+    )
+    tiny = dict(n_epochs=1, max_train_examples=128, n_filters=(2, 2))
+    assert train.run(config_for(tmp_path, mnist_dir, run_name="new", **tiny)) == 0
+
+    def legacy_model(config, *args):
+        model = build_model(config, *args)
+        inputs = keras.Input(model.input_shape[1:])
+        moved = keras.layers.RandomTranslation(0.07, 0.07, fill_mode="constant")(inputs)
+        return keras.Model(inputs, model(moved))
+
+    monkeypatch.setattr(train, "build_model", legacy_model)
+    assert train.run(config_for(tmp_path, mnist_dir, run_name="legacy", **tiny)) == 0
+    assert asked == [Augmentation(10.0, 0.1, 2), None]
 
 
 def test_the_weight_average_is_validated_and_saved_and_checkpoints_keep_both(tmp_path, mnist_dir):
