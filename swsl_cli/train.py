@@ -49,6 +49,10 @@ def native_stderr_hidden():
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The runner is TensorFlow's (tf.data, tf.distribute, tf.summary); a KERAS_BACKEND set
+# for other work does not apply to it. The layers alone run on every backend.
+if "keras" not in sys.modules:
+    os.environ["KERAS_BACKEND"] = "tensorflow"
 with native_stderr_hidden():
     import keras
     import tensorflow as tf
@@ -529,6 +533,13 @@ def nonfinite(session: Session, record: RunRecord) -> int:
 def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int:
     """Trains one run as `config` says; returns the exit status."""
     console = Console(stream if stream is not None else sys.stdout)
+    if keras.backend.backend() != "tensorflow":
+        console.error(
+            f"{PROG}: error: training needs Keras's TensorFlow backend, and this process "
+            f"imported Keras with "
+            f"{keras.backend.backend()}: set KERAS_BACKEND=tensorflow before importing keras"
+        )
+        return 1
     with contextlib.ExitStack() as stack:
         resumed = None
         if config.resume:

@@ -260,6 +260,25 @@ def test_the_pipeline_augments_unless_the_model_does_it_itself(tmp_path, mnist_d
     assert asked == [Augmentation(10.0, 0.1, 2), None]
 
 
+def test_the_runner_trains_with_tensorflow_whatever_keras_backend_says(tmp_path, mnist_dir):
+    args = small_run_args(tmp_path, mnist_dir, "jax", 64, "--n_epochs", "1", "--seed", "1")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "KERAS_BACKEND": "jax"}
+    command = subprocess.run(
+        [sys.executable, "-m", "swsl_cli", *args], capture_output=True, text=True, env=env
+    )
+    assert command.returncode == 0, command.stderr[-2000:]
+    assert metrics_of(tmp_path, "jax")["status"] == "completed"
+    # In a process that already imported Keras with another backend: one line, exit 1.
+    script = "import keras; from swsl_cli import train; from swsl_cli.config import Config; "
+    script += "raise SystemExit(train.main(Config(logdir='unused')))"
+    api = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert api.returncode == 1 and api.stdout == ""
+    assert api.stderr.strip().splitlines()[-1] == (
+        "swsl-train: error: training needs Keras's TensorFlow backend, and this process "
+        "imported Keras with jax: set KERAS_BACKEND=tensorflow before importing keras"
+    )
+
+
 def test_the_weight_average_is_validated_and_saved_and_checkpoints_keep_both(tmp_path, mnist_dir):
     config = config_for(tmp_path, mnist_dir, n_epochs=1, seed=5, ema=0.9, run_name="ema")
     assert train.run(config) == 0
