@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["KERAS_BACKEND"] = "tensorflow"  # the runner's pipeline and tf.function timings
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402

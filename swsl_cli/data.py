@@ -35,7 +35,9 @@ from swsl_cli.augment import Augmentation
 
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
-# Second word of the augmentation's stateless seed: a stream apart from the shuffle's.
+# Second word of the augmentation's stateless key, before the epoch and the batch are
+# folded in. (It equals the shuffle's key of epoch 4; folding in hashes it, so the
+# draws share nothing usable with that shuffle.)
 AUGMENTATION_STREAM = 4
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
