@@ -83,7 +83,7 @@ def build_model(
 
 
 def augments_itself(model: keras.Model) -> bool:
-    """Whether `model` has augmentation layers of its own: runs saved by 0.2 and
+    """Whether `model` has augmentation layers of its own: runs saved by 0.2.x and
     earlier rotated, zoomed and shifted inside the model, and resume that way."""
     own = (keras.layers.RandomRotation, keras.layers.RandomZoom, keras.layers.RandomTranslation)
     return any(isinstance(layer, own) for layer in model.layers)

@@ -73,7 +73,7 @@ def test_conv_baseline_has_the_same_widths():
 def test_the_model_holds_no_augmentation_the_pipeline_does():
     model = build_model(Config(max_shift=2, max_rotation=10, max_zoom=0.1, n_filters=(4, 4)))
     assert not augments_itself(model)
-    # A run saved by 0.2 rotated, zoomed and shifted in the model: it keeps doing so.
+    # A run saved by 0.2.x rotated, zoomed and shifted in the model: it keeps doing so.
     inputs = keras.Input((28, 28, 1))
     shifted = keras.layers.RandomTranslation(0.1, 0.1, name="shift")(inputs)
     legacy = keras.Model(inputs, model(shifted))

@@ -238,7 +238,7 @@ def test_the_original_flags_give_its_constant_rate_and_no_weight_average():
 
 
 def test_the_pipeline_augments_unless_the_model_does_it_itself(tmp_path, mnist_dir, monkeypatch):
-    """New models get the augmentation in the pipeline; a run saved by 0.2 has
+    """New models get the augmentation in the pipeline; a run saved by 0.2.x has
     Keras's augmentation layers in its model, and resumes without a second one."""
     asked = []
     pipeline = data.train_dataset
