@@ -56,6 +56,7 @@ if "keras" not in sys.modules:
 with native_stderr_hidden():
     import keras
     import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
 
 from swsl_cli import data, distribute, runs  # noqa: E402
 from swsl_cli.augment import Augmentation  # noqa: E402
@@ -255,8 +256,12 @@ def device_report() -> str:
 def configure(config: Config) -> Settings:
     """Seeds, determinism and dtype policy; returns what was chosen."""
     keras.utils.set_random_seed(config.seed)
+    # Per run, not per process: an earlier seeded run in this process (the Python
+    # API) must not leave a later one deterministic, which also turns XLA off.
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()  # TensorFlow has no public switch back
     precision = config.precision
     if precision == "auto":
         on_gpu = bool(tf.config.list_physical_devices("GPU"))

@@ -266,7 +266,9 @@ def test_the_pipeline_augments_unless_the_model_does_it_itself(tmp_path, mnist_d
 
 def test_xla_compiles_the_step_with_the_augmentation_on(tmp_path, mnist_dir):
     # The image transform has no XLA kernel; it runs in the pipeline, outside the step.
-    # (With deterministic ops Keras keeps XLA off, so this run asks for none.)
+    # With deterministic ops Keras keeps XLA off, so this run asks for none, even after
+    # a seeded run in the same process.
+    tf.config.experimental.enable_op_determinism()
     config = config_for(
         tmp_path, mnist_dir, run_name="xla", n_epochs=1, max_train_examples=128,
         n_filters=(2, 2), seed=1, deterministic=False, jit_compile="on",
