@@ -27,7 +27,7 @@ from pathlib import Path
 COMMANDS = {
     "swsl-train": True,
     "swsl-train --centroids_trainable --n_filters 24 48 --centroid_grid 3 3": True,
-    "swsl-train --kcp_init shared": True,
+    "swsl-train --kcp_init independent": True,
     "swsl-train --layer conv": False,
     "swsl-train --layer local": False,
 }

@@ -255,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument(
         "--kcp_init",
         choices=KCP_INITS,
-        help="SWS kernels at step 0: independent (each KCP its own random kernel) or shared "
-        "(every KCP the same kernel, so the layer starts as a plain convolution)",
+        help="SWS kernels at step 0: shared (every KCP the same kernel, so the layer starts as "
+        "a plain convolution and learns where to specialise) or independent (each KCP its own "
+        "random kernel, as the original)",
     )
     more.add_argument(
         "--max_train_examples",

@@ -24,6 +24,7 @@ LEGACY_SETTINGS = {
     "ema": 0.0,
     "max_rotation": 0.0,
     "max_zoom": 0.0,
+    "kcp_init": "independent",
 }
 
 # What `--resume` may take from the command line; every other flag comes back
@@ -70,7 +71,7 @@ class Config:
     deterministic: bool | None = None
     run_name: str | None = None
     layer: str = "sws"
-    kcp_init: str = "independent"
+    kcp_init: str = "shared"
     max_train_examples: int | None = None
     max_test_examples: int | None = None
     quiet: bool = False

@@ -69,6 +69,7 @@ def test_help_shows_every_default_from_config():
         ("--ema MOMENTUM", "(default: 0.99)"),
         ("--lr_decay LR_DECAY", "(default: 0.75)"),
         ("--layer {sws,conv,local}", "(default: sws)"),
+        ("--kcp_init {independent,shared}", "(default: shared)"),
         ("--jit_compile {off,on}", "(default: off)"),
         ("--color_coding, --no-color_coding", "(default: False)"),
     ):
@@ -104,9 +105,10 @@ def test_further_options():
 def test_the_original_training_is_three_flags_and_the_schedule():
     config = parse_args(
         "--lr_schedule exponential --learning_rate 0.01 --lr_decay 1 --max_shift 0 --ema 0 "
-        "--max_rotation 0 --max_zoom 0".split()
+        "--max_rotation 0 --max_zoom 0 --kcp_init independent".split()
     )
     assert (config.lr_schedule, config.learning_rate, config.lr_decay) == ("exponential", 0.01, 1)
+    assert config.kcp_init == "independent"
     assert (config.max_shift, config.ema, config.max_rotation, config.max_zoom) == (0, 0, 0, 0)
     assert not Augmentation.from_config(config)
 

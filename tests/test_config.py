@@ -22,10 +22,11 @@ def test_a_saved_run_from_before_the_recipe_settings_keeps_its_training():
     # config.json of a run made before --lr_schedule and --ema existed: it trained
     # with an exponential schedule and no averaging, so it must resume that way.
     saved = {k: v for k, v in Config(learning_rate=1e-3).to_dict().items()}
-    for name in ("lr_schedule", "warmup_epochs", "ema"):
+    for name in ("lr_schedule", "warmup_epochs", "ema", "kcp_init"):
         del saved[name]
     config = Config.from_dict(json.loads(json.dumps(saved)))
     assert (config.lr_schedule, config.warmup_epochs, config.ema) == ("exponential", 0.0, 0.0)
+    assert config.kcp_init == "independent"
     assert (config.learning_rate, config.lr_decay) == (1e-3, 0.75)
     # A saved value always wins over the legacy one.
     assert Config.from_dict(Config().to_dict()) == Config()

@@ -224,9 +224,12 @@ def test_the_original_flags_give_its_constant_rate_and_no_weight_average():
 
     config = parse_args(
         "--lr_schedule exponential --learning_rate 0.01 --lr_decay 1 --max_shift 0 --ema 0 "
-        "--max_rotation 0 --max_zoom 0".split()
+        "--max_rotation 0 --max_zoom 0 --kcp_init independent".split()
     )
     model = build_model(dataclasses.replace(config, n_filters=(2, 2)))
+    assert {layer.kcp_init for layer in model.layers if hasattr(layer, "kcp_init")} == {
+        "independent"
+    }
     train.compile_model(model, config, steps=100, jit=False)
     optimizer = model.optimizer
     assert type(optimizer) is keras.optimizers.Adam and not optimizer.use_ema
