@@ -541,8 +541,8 @@ def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int
     if keras.backend.backend() != "tensorflow":
         console.error(
             f"{PROG}: error: training needs Keras's TensorFlow backend, and this process "
-            f"imported Keras with "
-            f"{keras.backend.backend()}: set KERAS_BACKEND=tensorflow before importing keras"
+            f"imported Keras with {keras.backend.backend()}: set KERAS_BACKEND=tensorflow "
+            "before importing keras"
         )
         return 1
     with contextlib.ExitStack() as stack:
