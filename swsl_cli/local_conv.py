@@ -66,12 +66,53 @@ def conv_output_size(
     )
 
 
+def gather_rows(indices: np.ndarray, rows: int):
+    """`take(values, indices, axis=0)` whose gradient gathers instead of scattering.
+
+    Args:
+        indices: int array of row numbers in `[0, rows]`; `rows` reads a row of
+            zeros appended to `values`.
+        rows: the number of rows of `values`.
+
+    Returns:
+        A function of `values` (`(rows, n)`) giving `(len(indices), n)`.
+
+    Autodiff turns a gather's gradient into a scatter-add, which TensorFlow
+    runs as an `UnsortedSegmentSum`: on the second layer the slowest op of
+    the training step (4.8 ms of ~64 in a profile). Here every row's gradient
+    is instead the sum of the output rows that read it, fetched by one more
+    gather from a table built once: 1.5-2.5 ms faster per step on that layer.
+    """
+    indices = np.asarray(indices, dtype="int32")
+    order = np.argsort(indices, kind="stable")
+    sorted_rows = indices[order]
+    kept = sorted_rows < rows
+    counts = np.bincount(sorted_rows[kept], minlength=rows)
+    # readers[r, t] is the t-th output row that reads row r; unused slots
+    # point at an appended row of zeros (index len(indices)).
+    readers = np.full((rows, max(int(counts.max(initial=0)), 1)), indices.size, dtype="int32")
+    slot = np.arange(kept.sum()) - (np.cumsum(counts) - counts)[sorted_rows[kept]]
+    readers[sorted_rows[kept], slot] = order[kept]
+
+    @ops.custom_gradient
+    def gather(values):
+        def grad(*args, upstream=None):
+            # TensorFlow and JAX pass the upstream gradient positionally, torch by name.
+            upstream = args[0] if upstream is None else upstream
+            padded = ops.pad(upstream, ((0, 1), (0, 0)))
+            return ops.sum(ops.take(padded, readers, axis=0), axis=1)
+
+        return ops.take(ops.pad(values, ((0, 1), (0, 0))), indices, axis=0), grad
+
+    return gather
+
+
 class CellPatches:
     """The receptive field of every output cell, and per-cell kernels applied to them.
 
-    Built once (in a layer's `build`) for one input size: it holds the input's
-    padding and the gather indices of every cell's patch, so `apply` only
-    pads, gathers and multiplies.
+    Built once (in a layer's `build`) for one input size: it holds the gather
+    indices of every cell's patch (padding reads a row of zeros), so `apply`
+    only gathers and multiplies.
 
     Args:
         input_size: `(rows, cols)` of the input.
@@ -89,20 +130,18 @@ class CellPatches:
         (rows, cols), (kh, kw), (sh, sw) = input_size, kernel_size, strides
         self.output_size = tuple(output_size)
         out_rows, out_cols = self.output_size
-        pad_rows = pad_cols = 0
+        top = left = 0
         if padding == "same":
-            pad_rows = max((out_rows - 1) * sh + kh - rows, 0)
-            pad_cols = max((out_cols - 1) * sw + kw - cols, 0)
-        # Conv2D's "same" puts the odd pixel at the bottom and the right.
-        self.padding = (
-            (pad_rows // 2, pad_rows - pad_rows // 2),
-            (pad_cols // 2, pad_cols - pad_cols // 2),
-        )
-        # Flat index `row * padded_cols + col` of the padded input pixel under
-        # tap `(ti, tj)` of cell `(i, j)`, in (i, j, ti, tj) order.
-        i = np.arange(out_rows)[:, None, None, None] * sh + np.arange(kh)[:, None]
-        j = np.arange(out_cols)[:, None, None] * sw + np.arange(kw)
-        self.indices = (i * (cols + pad_cols) + j).reshape(-1).astype("int32")
+            # Conv2D's "same" puts the odd pixel at the bottom and the right.
+            top = max((out_rows - 1) * sh + kh - rows, 0) // 2
+            left = max((out_cols - 1) * sw + kw - cols, 0) // 2
+        # Input row and column under tap (ti, tj) of cell (i, j), in (i, j, ti, tj) order.
+        i = np.arange(out_rows)[:, None, None, None] * sh + np.arange(kh)[:, None] - top
+        j = np.arange(out_cols)[:, None, None] * sw + np.arange(kw) - left
+        inside = (i >= 0) & (i < rows) & (j >= 0) & (j < cols)
+        # Flat pixel index `row * cols + col`, or `rows * cols` (zeros) in the padding.
+        flat = np.where(inside, i * cols + j, rows * cols).reshape(-1)
+        self.gather = gather_rows(flat, rows * cols)
 
     @property
     def cells(self) -> int:
@@ -123,17 +162,12 @@ class CellPatches:
         The input is laid out `(rows, cols, C, batch)`, so gathering the
         receptive fields gives the patches as `(H'W', K, batch)` with no copy
         of the big patch tensor, and the per-cell products are one batched
-        matmul. The gather's gradient is a segment sum, several times cheaper
-        than the gradient of an image-patch extraction (README, benchmarks).
+        matmul. The gather is several times cheaper than an image-patch
+        extraction, and its gradient gathers too (`gather_rows`).
         """
         rows, cols, _ = inputs.shape[1:]
-        (top, bottom), (left, right) = self.padding
-        pixels = ops.pad(
-            ops.transpose(inputs, (1, 2, 3, 0)), ((top, bottom), (left, right), (0, 0), (0, 0))
-        )
-        pixels = ops.reshape(pixels, ((rows + top + bottom) * (cols + left + right), -1))
-        patches = ops.take(pixels, self.indices, axis=0)
-        patches = ops.reshape(patches, (self.cells, kernels.shape[-1], -1))  # (H'W', K, batch)
+        pixels = ops.reshape(ops.transpose(inputs, (1, 2, 3, 0)), (rows * cols, -1))
+        patches = ops.reshape(self.gather(pixels), (self.cells, kernels.shape[-1], -1))
         outputs = ops.matmul(kernels, patches)  # (H'W', F, batch)
         outputs = ops.transpose(outputs, (2, 0, 1))
         return ops.reshape(outputs, (-1, *self.output_size, kernels.shape[1]))

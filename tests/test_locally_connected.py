@@ -13,6 +13,7 @@ import pytest
 from keras import ops
 
 from swsl_cli import LocallyConnected2D
+from swsl_cli.local_conv import gather_rows
 from tests import reference
 from tests.harness import run_layer_test
 
@@ -93,7 +94,10 @@ def test_one_kernel_everywhere_equals_conv2d(padding, strides, kernel_size):
     )
 
 
-@pytest.mark.parametrize("padding, strides", [("same", (2, 1)), ("valid", (1, 2))])
+# (3, 3) strides with a (3, 2) kernel leave input columns and a row that no cell reads.
+@pytest.mark.parametrize(
+    "padding, strides", [("same", (2, 1)), ("valid", (1, 2)), ("same", (1, 1)), ("valid", (3, 3))]
+)
 def test_gradients_match_numpy(padding, strides):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 7, 6, 2)).astype("float32")
@@ -110,6 +114,26 @@ def test_gradients_match_numpy(padding, strides):
     expected = reference.locally_connected_gradients(x, kernel, upstream, strides, padding)
     for name, g, e in zip(("inputs", "kernel", "bias"), got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_patch_gather_gradient_is_the_scatter_add_of_autodiff():
+    rng = np.random.default_rng(5)
+    rows = 6
+    # Row 6 reads the appended zeros; rows 2 and 5 are never read, row 0 three times.
+    indices = np.array([0, 3, 6, 1, 0, 4, 6, 3, 0])
+    values = rng.normal(size=(rows, 4)).astype("float32")
+    upstream = rng.normal(size=(indices.size, 4)).astype("float32")
+    gather = gather_rows(indices, rows)
+
+    def loss(values):
+        return ops.sum(ops.multiply(gather(values), ops.convert_to_tensor(upstream)))
+
+    padded = np.concatenate([values, np.zeros((1, 4), "float32")])
+    np.testing.assert_array_equal(ops.convert_to_numpy(gather(values)), padded[indices])
+    expected = np.zeros((rows + 1, 4), "float32")
+    np.add.at(expected, indices, upstream)
+    (got,) = gradients(loss, [values])
+    np.testing.assert_allclose(got, expected[:rows], rtol=1e-6, atol=1e-6)
 
 
 def test_weight_layout_gives_each_cell_a_conv2d_kernel():
