@@ -1,7 +1,7 @@
 """swsl-cli: the spatial interpolation soft weight sharing (SISWS) layer and its runner.
 
-`import swsl_cli` registers the package's Keras layers, so that
-`keras.models.load_model` reads a saved `model.keras` after it. Started as
+`import swsl_cli` registers the package's Keras layers and optimizer, so
+that `keras.models.load_model` reads a saved `model.keras` after it. Started as
 the `swsl-train` command (or `python -m swsl_cli`), the package skips that
 import: `--help` and every refusal answer without loading TensorFlow, and
 the runner imports the layers when it trains.
@@ -42,3 +42,4 @@ if not _started_as_command():
         LocalResponseNormalization,
         SoftWeightSharingConv2D,
     )
+    from swsl_cli.optimizers import FusedAdam  # noqa: E402, F401

@@ -67,6 +67,7 @@ from swsl_cli.interrupts import (  # noqa: E402
     handled_by,
 )
 from swsl_cli.model import augments_itself, build_model, parameter_counts  # noqa: E402
+from swsl_cli.optimizers import FusedAdam  # noqa: E402
 from swsl_cli.progress import Console, ProgressBar, epoch_line  # noqa: E402
 from swsl_cli.summaries import (  # noqa: E402
     LayerSummaries,
@@ -295,7 +296,7 @@ def learning_rate_schedule(
 
 
 def compile_model(model: keras.Model, config: Config, steps: int, jit: bool) -> None:
-    optimizer = keras.optimizers.Adam(
+    optimizer = FusedAdam(
         learning_rate_schedule(config, steps),
         use_ema=config.ema > 0,
         ema_momentum=config.ema or 0.99,

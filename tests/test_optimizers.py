@@ -1,0 +1,69 @@
+"""FusedAdam against Keras's Adam; its fused kernel; saving and loading it."""
+
+import keras
+import numpy as np
+import pytest
+
+from swsl_cli.optimizers import FusedAdam
+
+BACKEND = keras.backend.backend()
+
+
+def trained(optimizer, steps=5):
+    """A small model after `steps` steps of `optimizer` on fixed data, same start every time."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(3)]
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(4 * steps, 6)), rng.normal(size=(4 * steps, 3))
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    return model
+
+
+def arguments():
+    # A schedule, EMA and non-default betas: every argument the kernel takes is exercised.
+    schedule = keras.optimizers.schedules.CosineDecay(0.05, decay_steps=5)
+    return dict(learning_rate=schedule, beta_1=0.8, beta_2=0.95, epsilon=1e-3, use_ema=True)
+
+
+def test_updates_equal_keras_adam():
+    fused, plain = trained(FusedAdam(**arguments())), trained(keras.optimizers.Adam(**arguments()))
+    for got, expected in zip(fused.optimizer.variables, plain.optimizer.variables):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), rtol=1e-5,
+            atol=1e-6, err_msg=got.path,
+        )  # fmt: skip
+    for got, expected in zip(fused.weights, plain.weights):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), rtol=1e-5,
+            atol=1e-6,
+        )  # fmt: skip
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused kernel is TensorFlow's")
+def test_tensorflow_takes_the_fused_kernel():
+    import tensorflow as tf
+
+    variable = keras.Variable(np.ones(3, "float32"))
+    optimizer = FusedAdam()
+    optimizer.build([variable])
+    step = tf.function(lambda: optimizer.apply([tf.ones(3)], [variable]))
+    kinds = {op.type for op in step.get_concrete_function().graph.get_operations()}
+    assert "ResourceApplyAdam" in kinds
+    step()
+    # Adam's first step moves every weight by the learning rate against the gradient's sign.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), 1 - 0.001, rtol=1e-6)
+
+
+def test_saved_model_reloads_with_its_optimizer_state(tmp_path):
+    model = trained(FusedAdam(**arguments()))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert type(loaded.optimizer) is FusedAdam
+    assert loaded.optimizer.beta_1 == 0.8 and loaded.optimizer.use_ema
+    for got, expected in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected)
+        )
