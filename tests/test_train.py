@@ -19,6 +19,7 @@ from swsl_cli import data, train
 from swsl_cli.augment import Augmentation
 from swsl_cli.config import Config
 from swsl_cli.model import build_model
+from swsl_cli.optimizers import FusedAdam
 
 SMALL = dict(max_train_examples=384, max_test_examples=128, batch_size=64, quiet=True)
 
@@ -232,7 +233,9 @@ def test_the_original_flags_give_its_constant_rate_and_no_weight_average():
     }
     train.compile_model(model, config, steps=100, jit=False)
     optimizer = model.optimizer
-    assert type(optimizer) is keras.optimizers.Adam and not optimizer.use_ema
+    # Adam's update (FusedAdam: Keras's Adam through TensorFlow's fused kernel), no average.
+    assert isinstance(optimizer, FusedAdam) and not optimizer.use_ema
+    assert (optimizer.beta_1, optimizer.beta_2, optimizer.amsgrad) == (0.9, 0.999, False)
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
     rates = [float(optimizer._learning_rate(step)) for step in (0, 99, 100, 5000)]
     assert rates == pytest.approx([0.01] * 4)
