@@ -10,7 +10,7 @@ the runner imports the layers when it trains.
 import os
 import sys
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 LAYER_NAMES = ("SoftWeightSharingConv2D", "LocallyConnected2D", "LocalResponseNormalization")
 __all__ = [
     "SoftWeightSharingConv2D",
