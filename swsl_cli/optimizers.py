@@ -14,8 +14,9 @@ class FusedAdam(keras.optimizers.Adam):
     over the variable or its two slots; TensorFlow's `ResourceApplyAdam`
     makes one pass. The formula is Adam's and Keras's (`epsilon` outside the
     square root), so the results equal `keras.optimizers.Adam`'s up to
-    rounding. The update is memory-bound on a CPU: the local network's 3.3 M
-    parameters trained 24-30 % faster with it on this project's 2-core machine.
+    rounding. The update is memory-bound on a CPU: the local network (3.3 M
+    parameters) trained 24 % and 30 % faster with it in two rounds on this
+    project's 2-core machine (README, Benchmarks).
 
     Takes `keras.optimizers.Adam`'s arguments. Other backends, `amsgrad=True`
     and sparse gradients take Keras's own update.

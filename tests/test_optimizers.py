@@ -1,4 +1,9 @@
-"""FusedAdam against Keras's Adam; its fused kernel; saving and loading it."""
+"""FusedAdam against Keras's Adam; its fused kernel; two replicas; saving and loading it."""
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -55,6 +60,50 @@ def test_tensorflow_takes_the_fused_kernel():
     step()
     # Adam's first step moves every weight by the learning rate against the gradient's sign.
     np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), 1 - 0.001, rtol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute is TensorFlow's")
+def test_each_replica_of_a_mirrored_model_updates_as_keras_adam():
+    """Under `MirroredStrategy` the fused kernel must update each replica's own copy of the
+    weights and slots; two logical CPUs stand in for two devices (a fresh process, as they
+    must be configured before TensorFlow starts)."""
+    script = textwrap.dedent("""
+        import numpy as np
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras
+        from swsl_cli.optimizers import FusedAdam
+
+        def replicas(optimizer_class):
+            strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+            with strategy.scope():
+                keras.utils.set_random_seed(0)
+                model = keras.Sequential(
+                    [keras.Input((6,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(3)]
+                )
+                model.compile(optimizer=optimizer_class(0.05, use_ema=True), loss="mse")
+            rng = np.random.default_rng(1)
+            x, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 3))
+            model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+            return [
+                [np.asarray(copy) for copy in variable.value.values]
+                for variable in model.weights + model.optimizer.variables
+            ]
+
+        for fused, plain in zip(replicas(FusedAdam), replicas(keras.optimizers.Adam)):
+            assert len(fused) == 2
+            for got, expected in zip(fused, plain):
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        print("ok")
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
 
 
 def test_saved_model_reloads_with_its_optimizer_state(tmp_path):
