@@ -18,8 +18,8 @@ install:
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q "jax==0.10.2"
 
-LAYER_TESTS := tests/test_layers.py tests/test_locally_connected.py tests/test_lrn.py tests/test_optimizers.py \
-	tests/test_visualize.py
+LAYER_TESTS := tests/test_layers.py tests/test_locally_connected.py tests/test_lrn.py \
+	tests/test_optimizers.py tests/test_visualize.py
 
 test:
 	SWSL_OFFLINE=1 $(BIN)/python -m pytest -q -W ignore::DeprecationWarning

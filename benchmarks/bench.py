@@ -89,13 +89,14 @@ def fit_throughput(
     return len(arrays.x_train) / min(timer.seconds[1:])
 
 
-LAYER_KINDS = (
-    "Conv2D",
-    "SWS conv",
-    "SWS local",
-    "SWS local, fixed centroids",
-    "LocallyConnected2D",
-)
+# Each layer kind of the table, and for an SWS layer its (implementation, centroids_trainable).
+LAYER_KINDS = {
+    "Conv2D": None,
+    "SWS conv": ("conv", True),
+    "SWS local": ("local", True),
+    "SWS local, fixed centroids": ("local", False),
+    "LocallyConnected2D": None,
+}
 
 
 def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool):
@@ -111,14 +112,15 @@ def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool
     elif kind == "LocallyConnected2D":
         layer = LocallyConnected2D(filters, kernel, padding="same")
     else:
+        implementation, trainable = LAYER_KINDS[kind]
         layer = SoftWeightSharingConv2D(
             filters,
             kernel,
             centroids=(2, 2),
             padding="same",
             per_feature=True,
-            centroids_trainable=not kind.endswith("fixed centroids"),
-            implementation=kind.split()[1].rstrip(","),
+            centroids_trainable=trainable,
+            implementation=implementation,
         )
     layer.build(shape)
     inputs = tf.random.uniform(shape)

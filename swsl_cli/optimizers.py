@@ -33,18 +33,18 @@ class FusedAdam(keras.optimizers.Adam):
         step = ops.cast(self.iterations + 1, dtype)
         index = self._get_variable_index(variable)
 
-        def constant(value):
+        def typed(value):
             return ops.cast(value, dtype)
 
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
             m=self._momentums[index].handle,
             v=self._velocities[index].handle,
-            beta1_power=ops.power(constant(self.beta_1), step),
-            beta2_power=ops.power(constant(self.beta_2), step),
-            lr=constant(learning_rate),
-            beta1=constant(self.beta_1),
-            beta2=constant(self.beta_2),
-            epsilon=constant(self.epsilon),
-            grad=constant(gradient),
+            beta1_power=ops.power(typed(self.beta_1), step),
+            beta2_power=ops.power(typed(self.beta_2), step),
+            lr=typed(learning_rate),
+            beta1=typed(self.beta_1),
+            beta2=typed(self.beta_2),
+            epsilon=typed(self.epsilon),
+            grad=typed(gradient),
         )
