@@ -1,27 +1,43 @@
-# swsl-cli: every target runs inside ./.venv, which `make install` creates.
+# swsl-cli. Every target runs inside ./.venv and creates it when it is missing:
+#   make train    the runtime install only (TensorFlow, TFDS, TensorBoard, tqdm), then a run
+#   make test     adds the test tools and CPU builds of PyTorch and JAX, then every suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+ARGS ?=
 DATA_DIR ?=
 LOGDIR ?= tensorboard
 EPOCHS ?=
 SEEDS ?=
 DATA_FLAG := $(if $(DATA_DIR),--data_dir $(DATA_DIR),)
+# PyTorch's own index serves CPU-only builds; PyPI's Linux wheels pull in CUDA.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install test test-torch lint train tensorboard reproduce bench clean
+.PHONY: install install-test test lint train tensorboard reproduce bench clean
 
-install:
-	$(PYTHON) -m venv $(VENV)
+# The stamps record what is installed; they are redone when the package's metadata changes.
+$(VENV)/.runtime: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "swsl-cli needs Python >= 3.10; $(PYTHON) is $$($(PYTHON) -V 2>&1). Pass PYTHON=python3.X"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime
 	$(BIN)/pip install -q -e ".[dev]"
-	# CPU builds of PyTorch and JAX, for running the layer tests on the other Keras backends.
-	$(BIN)/pip install -q "torch==2.13.0"
+	# CPU builds of PyTorch and JAX, for the layer tests on the other Keras backends.
+	$(BIN)/pip install -q --extra-index-url $(TORCH_CPU_INDEX) "torch==2.13.0"
 	$(BIN)/pip install -q "jax==0.10.2"
+	touch $@
+
+install: $(VENV)/.runtime
+install-test: $(VENV)/.test
 
 LAYER_TESTS := tests/test_layers.py tests/test_locally_connected.py tests/test_lrn.py \
 	tests/test_optimizers.py tests/test_visualize.py
 
-test:
+test: $(VENV)/.test
 	SWSL_OFFLINE=1 $(BIN)/python -m pytest -q -W ignore::DeprecationWarning
 	SWSL_OFFLINE=1 KERAS_BACKEND=torch $(BIN)/python -m pytest -q -W ignore::DeprecationWarning \
 		$(LAYER_TESTS)
@@ -30,21 +46,21 @@ test:
 	SWSL_OFFLINE=1 KERAS_BACKEND=jax JAX_PLATFORMS=cpu XLA_FLAGS=--xla_backend_optimization_level=0 \
 		$(BIN)/python -m pytest -q -W ignore::DeprecationWarning $(LAYER_TESTS)
 
-lint:
+lint: $(VENV)/.test
 	$(BIN)/ruff check swsl_cli tests benchmarks
 	$(BIN)/ruff format --check swsl_cli tests benchmarks
 
-train:
-	$(BIN)/swsl-train $(DATA_FLAG) --logdir $(LOGDIR)
+train: $(VENV)/.runtime
+	$(BIN)/swsl-train $(DATA_FLAG) --logdir $(LOGDIR) $(ARGS)
 
-tensorboard:
+tensorboard: $(VENV)/.runtime
 	$(BIN)/tensorboard --logdir $(LOGDIR)
 
-reproduce:
+reproduce: $(VENV)/.runtime
 	$(BIN)/python benchmarks/reproduce.py $(DATA_FLAG) --logdir $(LOGDIR) $(if $(EPOCHS),--epochs $(EPOCHS),) \
 		$(if $(SEEDS),--seeds $(SEEDS),)
 
-bench:
+bench: $(VENV)/.runtime
 	$(BIN)/python benchmarks/bench.py $(DATA_FLAG)
 
 clean:

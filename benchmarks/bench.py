@@ -30,7 +30,6 @@ from swsl_cli.config import Config  # noqa: E402
 from swsl_cli.layers import LocallyConnected2D, SoftWeightSharingConv2D  # noqa: E402
 from swsl_cli.model import build_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -190,12 +189,14 @@ def help_seconds(repeats: int = 5) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--data_dir", help="MNIST source, as swsl-train --data_dir (default: the bundled copy)")
     parser.add_argument("--images", type=int, default=3200, help="images per timed fit")
     parser.add_argument("--out", default="bench-out/bench.md")
     args = parser.parse_args()
 
-    arrays = data.load_mnist(args.data_dir).limited(args.images, 1000)
+    arrays = (
+        data.load_mnist(args.data_dir) if args.data_dir else data.load_bundled_mnist()
+    ).limited(args.images, 1000)
     rows = []
 
     def add(name, value, unit, note=""):

@@ -1,4 +1,4 @@
-"""Shared fixtures: offline, quiet, and the real MNIST files beside the checkout."""
+"""Shared fixtures: offline, quiet, and the real MNIST files bundled with the package."""
 
 import gzip
 import os
@@ -11,7 +11,7 @@ os.environ["SWSL_OFFLINE"] = "1"  # no test may reach the network
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+MNIST_DIR = ROOT / "swsl_cli" / "mnist"
 
 
 @pytest.fixture(scope="session")
