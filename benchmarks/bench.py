@@ -24,12 +24,11 @@ os.environ["KERAS_BACKEND"] = "tensorflow"  # the runner's pipeline and tf.funct
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from swsl_cli import data, train  # noqa: E402
-from swsl_cli.augment import Augmentation  # noqa: E402
-from swsl_cli.config import Config  # noqa: E402
 from swsl_cli.layers import LocallyConnected2D, SoftWeightSharingConv2D  # noqa: E402
-from swsl_cli.model import build_model  # noqa: E402
-
+from swsl_cli.runner import data, train  # noqa: E402
+from swsl_cli.runner.augment import Augmentation  # noqa: E402
+from swsl_cli.runner.config import Config  # noqa: E402
+from swsl_cli.runner.model import build_model  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -189,7 +188,9 @@ def help_seconds(repeats: int = 5) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", help="MNIST source, as swsl-train --data_dir (default: the bundled copy)")
+    parser.add_argument(
+        "--data_dir", help="MNIST source, as swsl-train --data_dir (default: the bundled copy)"
+    )
     parser.add_argument("--images", type=int, default=3200, help="images per timed fit")
     parser.add_argument("--out", default="bench-out/bench.md")
     args = parser.parse_args()

@@ -7,7 +7,7 @@ TensorBoard run lacks the kernel images.
 Then the spatial benchmark: the same network with conv, sws and (when the
 runner has it) local layers on `--dataset spatial_mnist`, MNIST with a fixed
 rotation and inversion per quadrant, where location-specific kernels should
-pay off (see `swsl_cli.data.spatial_mnist`). It has no floor: it reports which
+pay off (see `swsl_cli.runner.data.spatial_mnist`). It has no floor: it reports which
 layer wins at a small budget that runs offline on 2 CPU cores in minutes.
 """
 
@@ -56,7 +56,7 @@ def has_kernel_images(run_dir: Path) -> bool:
 
 def available_layers() -> tuple[str, ...]:
     """The `--layer` choices this swsl-train offers (`local` only once that layer exists)."""
-    from swsl_cli.config import LAYERS
+    from swsl_cli.runner.config import LAYERS
 
     return tuple(layer for layer in SPATIAL_LAYERS if layer in LAYERS)
 
@@ -163,7 +163,7 @@ def spatial_benchmark(args, stamp: str, bin_dir: Path) -> tuple[list[str], bool]
 
 def runs_table(logdir: str, stamp: str) -> str:
     """The `--compare` markdown table of this reproduction's runs (parameters included)."""
-    from swsl_cli import compare
+    from swsl_cli.runner import compare
 
     rows = compare.collect(Path(logdir), warn=lambda line: print(line, file=sys.stderr))
     return compare.render([r for r in rows if r.name.startswith(f"reproduce-{stamp}")], "markdown")

@@ -42,4 +42,4 @@ if not _started_as_command():
         LocalResponseNormalization,
         SoftWeightSharingConv2D,
     )
-    from swsl_cli.optimizers import FusedAdam  # noqa: E402, F401
+    from swsl_cli.layers.optimizers import FusedAdam  # noqa: E402, F401

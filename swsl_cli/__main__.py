@@ -2,6 +2,6 @@
 
 import sys
 
-from swsl_cli.cli import main
+from swsl_cli.runner.cli import main
 
 sys.exit(main())

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from swsl_cli import data
-from swsl_cli.augment import Augmentation
-from swsl_cli.config import Config
-from swsl_cli.data import ImageArrays
+from swsl_cli.runner import data
+from swsl_cli.runner.augment import Augmentation
+from swsl_cli.runner.config import Config
+from swsl_cli.runner.data import ImageArrays
 
 
 def augmented(augmentation, images, seed=(0, 0)):

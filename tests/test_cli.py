@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from swsl_cli.augment import Augmentation
-from swsl_cli.cli import UsageError, build_parser, main, parse_args, parse_command
-from swsl_cli.config import Config
+from swsl_cli.runner.augment import Augmentation
+from swsl_cli.runner.cli import UsageError, build_parser, main, parse_args, parse_command
+from swsl_cli.runner.config import Config
 
 
 def run_cli(*args, cwd=None):
@@ -202,7 +202,7 @@ def test_help_and_refusals_never_import_tensorflow(argv):
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
-    assert "swsl_cli.cli" in imported
+    assert "swsl_cli.runner.cli" in imported
     assert not imported & {"tensorflow", "keras", "tensorflow_datasets"}
     assert result.returncode in (0, 2)
 

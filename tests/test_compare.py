@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from swsl_cli import compare
-from swsl_cli.config import Config
+from swsl_cli.runner import compare
+from swsl_cli.runner.config import Config
 
 
 def make_run(logdir, name, metrics=None, **flags):
@@ -180,7 +180,7 @@ def test_cli_compare_uses_logdir_by_default_and_imports_no_tensorflow(logdir):
         "--compare", "--logdir", str(logdir), "--format", "csv", flags=["-X", "importtime"]
     )
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
-    assert result.returncode == 0 and "swsl_cli.compare" in imported
+    assert result.returncode == 0 and "swsl_cli.runner.compare" in imported
     assert not imported & {"tensorflow", "keras"}
     assert result.stdout.splitlines()[1].startswith("a-sws,mnist,sws,2x2,")
     named = run_cli("--compare", str(logdir))
@@ -191,7 +191,7 @@ def test_cli_compare_uses_logdir_by_default_and_imports_no_tensorflow(logdir):
 
 
 def test_cli_format_without_compare_is_a_usage_error(capsys):
-    from swsl_cli.cli import main
+    from swsl_cli.runner.cli import main
 
     assert main(["--format", "csv"]) == 2
     assert capsys.readouterr().err.startswith("swsl-train: error: --format applies to --compare")

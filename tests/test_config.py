@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from swsl_cli.config import RESUME_OVERRIDES, Config
+from swsl_cli.runner.config import RESUME_OVERRIDES, Config
 
 
 def test_round_trip_through_json_keeps_tuples():

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from swsl_cli import data, train
-from swsl_cli.config import Config
+from swsl_cli.runner import data, train
+from swsl_cli.runner.config import Config
 from tests.conftest import write_idx
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from swsl_cli import cli, distribute
-from swsl_cli.distribute import ClusterError, read_cluster
+from swsl_cli.runner import cli, distribute
+from swsl_cli.runner.distribute import ClusterError, read_cluster
 
 WAIT_S = 240  # bound on every worker process; one of these runs takes ~20 s on 2 cores
 TINY = ["--max_train_examples", "256", "--max_test_examples", "128", "--seed", "0"]
@@ -19,7 +19,7 @@ TINY += ["--layer", "conv", "--quiet", "--n_epochs", "2", "--batch_size", "64"]
 # A worker that sends itself a signal as epoch 2 begins, after committing epoch 1.
 SIGNAL_AT_EPOCH_2 = """
 import os, signal, sys
-from swsl_cli import cli, train
+from swsl_cli.runner import cli, train
 keep = train.EpochSeededRandomness.on_epoch_begin
 def on_epoch_begin(self, epoch, logs=None):
     if epoch == 1:

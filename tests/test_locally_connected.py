@@ -13,7 +13,7 @@ import pytest
 from keras import ops
 
 from swsl_cli import LocallyConnected2D
-from swsl_cli.local_conv import gather_rows
+from swsl_cli.layers.cells import gather_rows
 from tests import reference
 from tests.harness import run_layer_test
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from swsl_cli import lrn
-from swsl_cli.lrn import LocalResponseNormalization
+from swsl_cli.layers import lrn
+from swsl_cli.layers.lrn import LocalResponseNormalization
 from tests import reference
 from tests.harness import run_layer_test
 

@@ -3,8 +3,8 @@
 import keras
 
 from swsl_cli import LocalResponseNormalization, SoftWeightSharingConv2D
-from swsl_cli.config import Config
-from swsl_cli.model import augments_itself, build_model, sws_layers
+from swsl_cli.runner.config import Config
+from swsl_cli.runner.model import augments_itself, build_model, sws_layers
 
 
 def layer_types(model):

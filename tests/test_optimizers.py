@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from swsl_cli.optimizers import FusedAdam
+from swsl_cli.layers.optimizers import FusedAdam
 
 BACKEND = keras.backend.backend()
 
@@ -72,7 +72,7 @@ def test_each_replica_of_a_mirrored_model_updates_as_keras_adam():
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras
-        from swsl_cli.optimizers import FusedAdam
+        from swsl_cli.layers.optimizers import FusedAdam
 
         def replicas(optimizer_class):
             strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

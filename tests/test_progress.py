@@ -3,7 +3,7 @@
 import io
 import os
 
-from swsl_cli.progress import Console, ProgressBar, epoch_line
+from swsl_cli.runner.progress import Console, ProgressBar, epoch_line
 
 
 def test_epoch_line():

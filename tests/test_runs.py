@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from swsl_cli import runs
-from swsl_cli.config import Config
+from swsl_cli.runner import runs
+from swsl_cli.runner.config import Config
 
 
 def test_new_runs_never_reuse_a_folder(tmp_path):
@@ -108,7 +108,7 @@ def test_second_lock_on_a_run_is_refused_naming_the_holder(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
          "from pathlib import Path\n"
-         "from swsl_cli.runs import RunDir\n"
+         "from swsl_cli.runner.runs import RunDir\n"
          f"with RunDir(Path({str(run.root)!r})).lock():\n"
          "    print('locked', flush=True)\n"
          "    sys.stdin.read()\n"],
@@ -192,7 +192,7 @@ def test_resume_refuses_contradictions_and_writes_nothing(tmp_path, flags, messa
 
 
 def test_a_run_saved_before_the_recipe_flags_resumes_with_its_own_training(tmp_path):
-    from swsl_cli.cli import parse_command
+    from swsl_cli.runner.cli import parse_command
 
     run = _saved_run(tmp_path, lr_schedule="exponential", learning_rate=1e-3, ema=0.0)
     saved = json.loads(run.config.read_text())

@@ -7,9 +7,10 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from swsl_cli import runs, summaries, visualize
-from swsl_cli.config import Config
+from swsl_cli import visualize
 from swsl_cli.layers import SoftWeightSharingConv2D
+from swsl_cli.runner import runs, summaries
+from swsl_cli.runner.config import Config
 
 
 class PerCellKernels(keras.layers.Layer):
@@ -57,7 +58,7 @@ def test_conv_sws_and_locally_connected_layers_get_the_same_picture_of_the_same_
 
 def test_the_real_locally_connected_layer_is_drawn_from_its_own_per_cell_kernels(rng):
     local_module = pytest.importorskip(
-        "swsl_cli.locally_connected", reason="LocallyConnected2D is not on this branch yet"
+        "swsl_cli.layers.locally_connected", reason="LocallyConnected2D is not on this branch yet"
     )
     kernel = rng.normal(size=(3, 3, 2, 4)).astype("float32")
     inputs = keras.Input((12, 12, 2))

@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from swsl_cli import data, train
-from swsl_cli.augment import Augmentation
-from swsl_cli.config import Config
-from swsl_cli.model import build_model
-from swsl_cli.optimizers import FusedAdam
+from swsl_cli.layers.optimizers import FusedAdam
+from swsl_cli.runner import data, train
+from swsl_cli.runner.augment import Augmentation
+from swsl_cli.runner.config import Config
+from swsl_cli.runner.model import build_model
 
 SMALL = dict(max_train_examples=384, max_test_examples=128, batch_size=64, quiet=True)
 
@@ -221,7 +221,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
 
 
 def test_the_original_flags_give_its_constant_rate_and_no_weight_average():
-    from swsl_cli.cli import parse_args
+    from swsl_cli.runner.cli import parse_args
 
     config = parse_args(
         "--lr_schedule exponential --learning_rate 0.01 --lr_decay 1 --max_shift 0 --ema 0 "
@@ -294,7 +294,7 @@ def test_the_runner_trains_with_tensorflow_whatever_keras_backend_says(tmp_path,
     assert command.returncode == 0, command.stderr[-2000:]
     assert metrics_of(tmp_path, "jax")["status"] == "completed"
     # In a process that already imported Keras with another backend: one line, exit 1.
-    script = "import keras; from swsl_cli import train; from swsl_cli.config import Config; "
+    script = "import keras; from swsl_cli.runner import train; from swsl_cli.runner.config import Config; "
     script += "raise SystemExit(train.main(Config(logdir='unused')))"
     api = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert api.returncode == 1 and api.stdout == ""
@@ -474,7 +474,7 @@ def test_a_signal_while_tensorflow_loads_is_one_line_and_leaves_no_run(tmp_path,
 
 
 def test_interrupted_while_finishing_then_resume_finishes(tmp_path, mnist_dir, monkeypatch, capsys):
-    from swsl_cli.interrupts import Interrupted
+    from swsl_cli.runner.interrupts import Interrupted
 
     config = config_for(tmp_path, mnist_dir, n_epochs=1, seed=3, run_name="fin")
     real_export = train.export_kernel_pngs
@@ -534,8 +534,8 @@ def test_mirrored_on_two_logical_cpus_matches_single_device(tmp_path, mnist_dir)
         import json, sys, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from swsl_cli import train
-        from swsl_cli.config import Config
+        from swsl_cli.runner import train
+        from swsl_cli.runner.config import Config
         common = dict(logdir={str(tmp_path / "tb")!r}, data_dir={str(mnist_dir)!r}, n_epochs=1, seed=3,
                       max_train_examples=256, max_test_examples=128, quiet=True)
         assert train.run(Config(run_name="single", batch_size=64, **common)) == 0
@@ -659,8 +659,8 @@ def test_multi_worker_from_tf_config_on_one_local_worker(tmp_path, mnist_dir):
 
 
 def test_second_signal_exits_at_once(monkeypatch):
-    from swsl_cli.interrupts import handled_by
-    from swsl_cli.progress import Console
+    from swsl_cli.runner.interrupts import handled_by
+    from swsl_cli.runner.progress import Console
 
     session = type("Session", (), {"console": Console(None)})()
     record = train.RunRecord(session)
@@ -676,7 +676,7 @@ def test_second_signal_exits_at_once(monkeypatch):
 def test_disk_full_in_a_tensorboard_write_and_out_of_memory_are_one_line(
     tmp_path, mnist_dir, capsys, monkeypatch
 ):
-    from swsl_cli import summaries
+    from swsl_cli.runner import summaries
 
     events_file = tmp_path / "tb" / "full" / "layers" / "events.out.tfevents.1.vm.2.v2"
     message = (

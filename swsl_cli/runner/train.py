@@ -58,18 +58,18 @@ with native_stderr_hidden():
     import tensorflow as tf
     from tensorflow.python.framework import config as tf_config
 
-from swsl_cli import data, distribute, runs  # noqa: E402
-from swsl_cli.augment import Augmentation  # noqa: E402
-from swsl_cli.config import PROG, Config  # noqa: E402
-from swsl_cli.interrupts import (  # noqa: E402
+from swsl_cli.layers.optimizers import FusedAdam  # noqa: E402
+from swsl_cli.runner import data, distribute, runs  # noqa: E402
+from swsl_cli.runner.augment import Augmentation  # noqa: E402
+from swsl_cli.runner.config import PROG, Config  # noqa: E402
+from swsl_cli.runner.interrupts import (  # noqa: E402
     EXIT_CODES,
     Interrupted,
     handled_by,
 )
-from swsl_cli.model import augments_itself, build_model, parameter_counts  # noqa: E402
-from swsl_cli.optimizers import FusedAdam  # noqa: E402
-from swsl_cli.progress import Console, ProgressBar, epoch_line  # noqa: E402
-from swsl_cli.summaries import (  # noqa: E402
+from swsl_cli.runner.model import augments_itself, build_model, parameter_counts  # noqa: E402
+from swsl_cli.runner.progress import Console, ProgressBar, epoch_line  # noqa: E402
+from swsl_cli.runner.summaries import (  # noqa: E402
     LayerSummaries,
     export_kernel_pngs,
     hparams_metrics,

@@ -23,8 +23,9 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from swsl_cli import runs, visualize
+from swsl_cli import visualize
 from swsl_cli.layers import SoftWeightSharingConv2D
+from swsl_cli.runner import runs
 
 LAYERS_RUN = "layers"
 # Exported kernels are enlarged to about 8 pixels per weight (as far as MAX_SIDE allows).

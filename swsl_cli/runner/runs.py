@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from swsl_cli.config import PROG, RESUME_OVERRIDES, Config
+from swsl_cli.runner.config import PROG, RESUME_OVERRIDES, Config
 
 CHECKPOINTS = "checkpoints"
 PARTIAL = "partial-"

@@ -2,8 +2,8 @@
 
 Only `keras.ops` is used here, so the layers run on the TensorFlow, JAX and
 PyTorch backends alike. The package's other layers, `LocallyConnected2D`
-(`swsl_cli.locally_connected`) and `LocalResponseNormalization`
-(`swsl_cli.lrn`), are importable from here too.
+(`swsl_cli.layers.locally_connected`) and `LocalResponseNormalization`
+(`swsl_cli.layers.lrn`), are importable from here too.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from swsl_cli.local_conv import (
+from swsl_cli.layers.cells import (
     CellPatches,
     conv_output_size,
     positive_pair,
     standardize_padding,
 )
-from swsl_cli.locally_connected import LocallyConnected2D
-from swsl_cli.lrn import LocalResponseNormalization
+from swsl_cli.layers.locally_connected import LocallyConnected2D
+from swsl_cli.layers.lrn import LocalResponseNormalization
 
 __all__ = [
     "LocallyConnected2D",

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from swsl_cli.local_conv import CellPatches, conv_output_size, positive_pair, standardize_padding
+from swsl_cli.layers.cells import CellPatches, conv_output_size, positive_pair, standardize_padding
 
 # Axes of the (H', W', kh, kw, C, F) kernel that make up one cell's fans, as
 # Conv2D counts them: fan_in = kh * kw * C, fan_out = kh * kw * F.
@@ -40,7 +40,7 @@ class LocallyConnected2D(keras.layers.Layer):
     with `X_pad` padded as `Conv2D` pads. It replaces Keras 2's
     `LocallyConnected2D` (removed in Keras 3) and adds `padding="same"`; its
     per-cell kernels go through the same gather and batched matmul as the
-    SWS layer's `local` implementation (`swsl_cli.local_conv.CellPatches`).
+    SWS layer's `local` implementation (`swsl_cli.layers.cells.CellPatches`).
 
     Args:
         filters: int, the number of output channels.

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swsl_cli.augment import Augmentation
+from swsl_cli.runner.augment import Augmentation
 
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
@@ -45,7 +45,7 @@ IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
-BUNDLED_MNIST = Path(__file__).resolve().parent / "mnist"
+BUNDLED_MNIST = Path(__file__).resolve().parents[2] / "mnist"
 SPATIAL_MNIST = "spatial_mnist"
 TFDS_HOST = ("storage.googleapis.com", 443)  # where TFDS downloads MNIST from
 NETWORK_PROBE_SECONDS = 5.0

@@ -12,9 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from swsl_cli import __version__, distribute
-from swsl_cli.compare import FORMATS
-from swsl_cli.config import (
+from swsl_cli import __version__
+from swsl_cli.runner import distribute
+from swsl_cli.runner.compare import FORMATS
+from swsl_cli.runner.config import (
     DISTRIBUTE,
     JIT,
     KCP_INITS,
@@ -24,7 +25,7 @@ from swsl_cli.config import (
     PROG,
     Config,
 )
-from swsl_cli.interrupts import Interrupted, handled_by, raise_interrupted
+from swsl_cli.runner.interrupts import Interrupted, handled_by, raise_interrupted
 
 DEFAULTS = Config()
 # Beyond these the network no longer fits a machine's memory (layer 2 alone has
@@ -370,7 +371,7 @@ def compare_command(given: dict) -> int:
         raise UsageError(f"--compare takes only --logdir and --format, not --{others[0]}")
     if "compare" not in given:
         raise UsageError("--format applies to --compare only")
-    from swsl_cli.compare import main as compare_main
+    from swsl_cli.runner.compare import main as compare_main
 
     logdir = given["compare"] or given.get("logdir", DEFAULTS.logdir)
     return compare_main(logdir, given.get("format", FORMATS[0]))
@@ -398,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Until training installs its own handlers, a signal ends the start-up in one line.
     with handled_by(raise_interrupted):
         try:
-            from swsl_cli.train import main as train_main
+            from swsl_cli.runner.train import main as train_main
 
             return train_main(config, given_names)
         except Interrupted as interrupt:

@@ -6,12 +6,12 @@ import math
 
 import keras
 
-from swsl_cli.config import Config
 from swsl_cli.layers import (
     LocallyConnected2D,
     LocalResponseNormalization,
     SoftWeightSharingConv2D,
 )
+from swsl_cli.runner.config import Config
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -55,7 +55,7 @@ def build_model(
     The same layer stack for any `input_shape` `(height, width, channels)` and
     `num_classes` (defaults: MNIST's). The model takes images as stored, 0-255
     (uint8 or float), and scales them itself. The training augmentation is
-    not part of it: the input pipeline does it (`swsl_cli.augment`).
+    not part of it: the input pipeline does it (`swsl_cli.runner.augment`).
 
     Both convolutions are `SoftWeightSharingConv2D` (`per_feature=True`, the
     flags' centroids) for `--layer sws`, or plain `Conv2D` for `--layer conv`.

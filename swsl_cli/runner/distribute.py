@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from swsl_cli.config import PROG
+from swsl_cli.runner.config import PROG
 
 TF_CONFIG = "TF_CONFIG"
 JOBS = ("chief", "worker")  # the jobs that train; TF's `ps` and `evaluator` are not used here

@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from swsl_cli.config import PROG
-from swsl_cli.runs import RunDir
+from swsl_cli.runner.config import PROG
+from swsl_cli.runner.runs import RunDir
 
 FORMATS = ("table", "csv", "markdown")
 HEADERS = (
