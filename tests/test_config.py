@@ -5,7 +5,14 @@ import json
 
 import pytest
 
-from swsl_cli.runner.config import RESUME_OVERRIDES, Config
+from swsl_cli.runner.config import (
+    DECLARATIONS,
+    HPARAMS,
+    KEY_HPARAMS,
+    LEGACY_SETTINGS,
+    RESUME_OVERRIDES,
+    Config,
+)
 
 
 def test_round_trip_through_json_keeps_tuples():
@@ -50,3 +57,77 @@ def test_centroids_argument_prefers_random_centroids():
 def test_resume_overrides_are_fields():
     names = {field.name for field in dataclasses.fields(Config)}
     assert set(RESUME_OVERRIDES) <= names
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            dict(layer="foo"),
+            "Invalid layer: must be one of sws, conv, local. Received layer='foo'.",
+        ),
+        (dict(lr_schedule="linear"), "Invalid lr_schedule: must be one of cosine, exponential"),
+        (dict(n_epochs=0), "Invalid n_epochs: must be >= 1 and <= 100000. Received n_epochs=0."),
+        (dict(n_epochs="2"), "Invalid n_epochs: must be an integer. Received n_epochs='2'."),
+        (dict(n_epochs=True), "Invalid n_epochs: must be an integer"),
+        (dict(learning_rate=0.0), "Invalid learning_rate: must be > 0"),
+        (dict(learning_rate=float("nan")), "Invalid learning_rate: must be finite"),
+        (dict(ema=1.0), "Invalid ema: must be >= 0 and <= 0.9999"),
+        (dict(n_filters=(24,)), "Invalid n_filters: must be a pair of values"),
+        (
+            dict(n_filters=(24, 0)),
+            "Invalid n_filters: must be >= 1 and <= 1024. Received n_filters=0.",
+        ),
+        (dict(centroid_grid=(2, 2.5)), "Invalid centroid_grid: must be an integer"),
+        (dict(quiet="yes"), "Invalid quiet: must be true or false"),
+        (dict(run_name="a/b"), "Invalid run_name: must be a plain folder name"),
+        (dict(run_name="-x"), "Invalid run_name: must be a plain folder name"),
+        (dict(logdir=""), "Invalid logdir: must not be empty"),
+        (dict(n_centroids=0), "Invalid n_centroids: must be >= 1"),
+        (dict(deterministic="no"), "Expected deterministic to be true, false or None"),
+    ],
+)
+def test_config_validates_itself_naming_the_setting_and_the_value(values, message):
+    with pytest.raises(ValueError) as raised:
+        Config(**values)
+    assert str(raised.value).startswith(message)
+
+
+def test_config_normalises_pairs_and_numbers():
+    config = Config(n_filters=[8, 16], learning_rate=1, peer_timeout=5)
+    assert config.n_filters == (8, 16) and isinstance(config.learning_rate, float)
+    assert config == Config(n_filters=(8, 16), learning_rate=1.0, peer_timeout=5.0)
+
+
+def test_a_saved_run_with_wrong_types_is_refused():
+    with pytest.raises(ValueError, match="Invalid n_epochs: must be an integer"):
+        Config.from_dict({**Config().to_dict(), "n_epochs": "2"})
+
+
+def test_the_lists_are_derived_from_the_declarations():
+    assert set(RESUME_OVERRIDES) == {
+        "logdir", "n_epochs", "data_dir", "run_name", "resume", "quiet", "peer_timeout",
+    }  # fmt: skip
+    assert set(LEGACY_SETTINGS) == {
+        "lr_schedule", "warmup_epochs", "ema", "max_rotation", "max_zoom", "kcp_init",
+    }  # fmt: skip
+    assert "n_epochs" in HPARAMS and not {"logdir", "data_dir", "quiet", "deterministic"} & set(
+        HPARAMS
+    )
+    assert KEY_HPARAMS == ("centroid_grid", "n_centroids", "n_filters", "dataset", "layer")
+    assert set(DECLARATIONS) == {f.name for f in dataclasses.fields(Config)} - {"deterministic"}
+
+
+def test_settings_that_do_not_apply_are_known():
+    assert Config().applies("centroid_grid") and not Config(layer="conv").applies("centroid_grid")
+    assert not Config(n_centroids=4).applies("centroid_grid")
+    assert not Config().applies("lr_decay") and Config(lr_schedule="exponential").applies(
+        "lr_decay"
+    )
+    assert Config(layer="local").applies("n_filters")
+
+
+def test_default_run_names_name_a_dataset_other_than_mnist():
+    stamp = "20260101-000000"
+    assert Config(dataset="spatial_mnist").default_run_name(stamp).startswith("spatial_mnist_sws")
+    assert Config(dataset="emnist/letters").default_run_name(stamp).startswith("emnist-letters_")

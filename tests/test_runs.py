@@ -255,3 +255,41 @@ def test_resume_command_is_shell_quoted(tmp_path):
     assert shlex.split(command) == [
         "swsl-train", "--resume", "--logdir", str(logdir.resolve()), "--run_name", "it's",
     ]  # fmt: skip
+
+
+def resumable_run(tmp_path, **settings):
+    """A run folder with one committed (fake) epoch, as `resume` finds it."""
+    config = Config(logdir=str(tmp_path / "tb"), run_name="r", seed=1, n_epochs=2, **settings)
+    run, config = runs.create(runs.with_seed(config))
+    run.save_checkpoint(_write_model("weights"), {"epoch": 1, "epochs": [{"epoch": 1}]})
+    return run, config
+
+
+OVERRIDES = {
+    "n_epochs": 5,
+    "data_dir": "/elsewhere/mnist.npz",
+    "quiet": True,
+    "peer_timeout": 900.0,
+}
+
+
+def test_resume_applies_every_override_it_accepts(tmp_path):
+    run, saved = resumable_run(tmp_path)
+    moved = tmp_path / "moved"
+    run.root.parent.rename(moved)
+    command = Config(logdir=str(moved), run_name="r", resume=True, **OVERRIDES)
+    given = frozenset({*OVERRIDES, "logdir", "run_name", "resume"})
+    assert given == set(runs.RESUME_OVERRIDES)  # each override of the declarations, tested
+    resumed = runs.resume(runs.RunDir(moved / "r"), command, given).config
+    for name, value in OVERRIDES.items():
+        assert getattr(resumed, name) == value != getattr(saved, name), name
+    assert (resumed.logdir, resumed.run_name, resumed.resume) == (str(moved), "r", True)
+    assert dataclasses.replace(resumed, **{n: getattr(saved, n) for n in given}) == saved
+
+
+def test_resume_without_overrides_keeps_every_saved_setting(tmp_path):
+    run, saved = resumable_run(tmp_path, peer_timeout=12.0, quiet=True, n_filters=(8, 8))
+    command = Config(logdir=saved.logdir, run_name="r", resume=True)
+    resumed = runs.resume(run, command, frozenset({"logdir", "run_name", "resume"})).config
+    assert resumed == dataclasses.replace(saved, resume=True)
+    assert (resumed.peer_timeout, resumed.quiet, resumed.n_filters) == (12.0, True, (8, 8))

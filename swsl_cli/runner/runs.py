@@ -343,10 +343,11 @@ def resume(run: RunDir, config: Config, given: frozenset[str]) -> Resumption:
     """The run to continue, with its saved settings; nothing is written here.
 
     Every setting comes back from the run's `config.json`. Of the flags
-    `given` on the command line, only those in `RESUME_OVERRIDES` may differ
-    from the saved ones: a larger `--n_epochs` extends the run, `--data_dir`
-    may point at the same data elsewhere (checked by the caller). Any other
-    flag that contradicts the saved run is refused, even at its default value.
+    `given` on the command line, those in `RESUME_OVERRIDES` replace the
+    saved values: a larger `--n_epochs` extends the run, `--data_dir` may
+    point at the same data elsewhere (checked by the caller), `--quiet` and
+    `--peer_timeout` say how this process prints and waits. Any other flag
+    that contradicts the saved run is refused, even at its default value.
     Call it holding the run's lock, so that no other process changes the run.
     """
     root = run.root
@@ -362,7 +363,8 @@ def resume(run: RunDir, config: Config, given: frozenset[str]) -> Resumption:
         raise RunError(
             f"--resume: run {root.name!r} has no complete epoch to resume from; start it anew"
         )
-    epochs = config.n_epochs if "n_epochs" in given else saved.n_epochs
+    overrides = {name: getattr(config, name) for name in given & set(RESUME_OVERRIDES)}
+    epochs = overrides.get("n_epochs", saved.n_epochs)
     if epochs < saved.n_epochs:
         raise RunError(
             f"--resume: --n_epochs {epochs} is fewer than the saved run's {saved.n_epochs}; "
@@ -375,15 +377,9 @@ def resume(run: RunDir, config: Config, given: frozenset[str]) -> Resumption:
             f"{metrics.get('test_accuracy', 0):.4f}); pass --n_epochs larger than "
             f"{checkpoint.epoch} to train on"
         )
-    resumed = dataclasses.replace(
-        saved,
-        n_epochs=epochs,
-        data_dir=config.data_dir if "data_dir" in given else saved.data_dir,
-        quiet=config.quiet if "quiet" in given else saved.quiet,
-        logdir=config.logdir,
-        run_name=root.name,
-        resume=True,
-    )
+    # The run is where it was found, whatever the saved config says of its place.
+    place = {"logdir": config.logdir, "run_name": root.name, "resume": True}
+    resumed = dataclasses.replace(saved, **{**overrides, **place})
     return Resumption(run, resumed, checkpoint)
 
 

@@ -26,6 +26,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from swsl_cli import visualize
 from swsl_cli.layers import SoftWeightSharingConv2D
 from swsl_cli.runner import runs
+from swsl_cli.runner.config import DECLARATIONS, HPARAMS, KEY_HPARAMS, Config
 
 LAYERS_RUN = "layers"
 # Exported kernels are enlarged to about 8 pixels per weight (as far as MAX_SIDE allows).
@@ -33,10 +34,6 @@ PIXELS_PER_WEIGHT = 8
 CENTROID_MAP_SIDE = 224  # pixels, about, of the exported centroid map
 LEGEND_SIDE = 112  # pixels, about, of the TensorBoard legend
 
-# Flags that say where and how a run is shown, not what it is: no HParams column.
-NOT_HPARAMS = ("logdir", "run_name", "resume", "quiet")
-# The flags that tell runs apart, shown first in the HParams tab.
-KEY_HPARAMS = ("dataset", "layer", "centroid_grid", "n_centroids", "n_filters")
 # The HParams tab's metric columns: (group, tag) -> title. Group "" is the run
 # folder itself (written by `write_final_metrics`); `train` and `validation`
 # are Keras's TensorBoard runs, whose last epoch's value is shown, so that
@@ -213,10 +210,11 @@ def export_kernel_pngs(model: keras.Model, folder: Path, color_coding: bool) -> 
     return written
 
 
-def hparam_values(flags: dict) -> dict[str, bool | int | float | str]:
-    """A run's flags as HParams values: pairs as `"24 48"`, unset values as `"none"`.
+def hparam_values(config: Config) -> dict[str, bool | int | float | str]:
+    """A run's settings as HParams values: pairs as `"24 48"`, unset values as `"none"`.
 
-    The flags of `NOT_HPARAMS` are left out.
+    Only the settings of `HPARAMS` (what the run is, not where it is) that
+    apply to this run: a conv run has no centroid grid.
     """
 
     def value(item):
@@ -224,22 +222,23 @@ def hparam_values(flags: dict) -> dict[str, bool | int | float | str]:
             return "none"
         if isinstance(item, (list, tuple)):
             return " ".join(str(part) for part in item)
-        return item if isinstance(item, (bool, int, float, str)) else str(item)
+        return item
 
-    return {name: value(item) for name, item in sorted(flags.items()) if name not in NOT_HPARAMS}
+    return {name: value(getattr(config, name)) for name in HPARAMS if config.applies(name)}
 
 
-def experiment_summary(values: dict) -> summary_pb2.Summary:
-    """The HParams experiment description: one column per flag, the metric columns.
+def experiment_summary() -> summary_pb2.Summary:
+    """The HParams experiment description: one column per setting of `HPARAMS`, the metrics.
 
-    Boolean flags get their domain (so the tab can filter on them); other flags
-    are left without one, as their values vary from run to run. TensorBoard
-    shows the first five hparams marked `differs` by default: the flags of
+    The same for every run, whichever settings apply to it. Boolean settings
+    get their domain (so the tab can filter on them); the others are left
+    without one, as their values vary from run to run. TensorBoard shows the
+    first five hparams marked `differs` by default: the settings of
     `KEY_HPARAMS` are marked so, to be in view when the tab opens.
     """
     hparams = [
-        hp.HParam(name, hp.Discrete([False, True]) if isinstance(value, bool) else None)
-        for name, value in values.items()
+        hp.HParam(name, hp.Discrete([False, True]) if DECLARATIONS[name].kind is bool else None)
+        for name in sorted(HPARAMS)
     ]
     metrics = [hp.Metric(tag, display_name=title) for tag, title in FINAL_METRICS.items()]
     metrics += [
@@ -255,7 +254,7 @@ def experiment_summary(values: dict) -> summary_pb2.Summary:
     return summary
 
 
-def write_hparams(run_root: Path, flags: dict) -> None:
+def write_hparams(run_root: Path, config: Config) -> None:
     """Records a run's flags for TensorBoard's HParams tab, in the run folder itself.
 
     Every run writes the same experiment description (`experiment_summary`),
@@ -264,10 +263,10 @@ def write_hparams(run_root: Path, flags: dict) -> None:
     once per start (a resumed run writing it again is harmless: the values
     are the same).
     """
-    values = hparam_values(flags)
+    values = hparam_values(config)
     writer = tf.summary.create_file_writer(str(run_root))
     with writer.as_default():
-        tf.summary.experimental.write_raw_pb(experiment_summary(values).SerializeToString(), step=0)
+        tf.summary.experimental.write_raw_pb(experiment_summary().SerializeToString(), step=0)
         hp.hparams(values, trial_id=Path(run_root).name)
     writer.close()
 

@@ -579,7 +579,7 @@ def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int
                 phase = "while training"
                 record.write(status="running")
                 if session.fresh:
-                    write_hparams(session.run.root, session.config.to_dict())
+                    write_hparams(session.run.root, session.config)
                 fit(session, model, record)
                 record.signal_name = distribute.signal_on_any_worker(  # multi-worker
                     session.strategy, record.signal_name
