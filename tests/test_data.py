@@ -316,7 +316,7 @@ def test_fingerprint_is_stable_and_tracks_every_change(tmp_path):
     ],
 )
 def test_mocked_tfds_sets(monkeypatch, name, val_split, shape, classes):
-    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=12):
         arrays = data.load_dataset(name, None, val_split)
     assert arrays.x_train.shape == (12, *shape) and arrays.x_test.shape == (12, *shape)
@@ -404,7 +404,7 @@ def test_bundled_mnist_when_the_tfds_download_fails(tmp_path, monkeypatch):
         raise ConnectionError("the proxy said no")
 
     monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "no-tfds-here"))
-    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
     assert data.load_dataset("mnist").source.startswith("bundled copy of MNIST in")
     with pytest.raises(data.DataError, match="cifar10: download or preparation failed: the proxy"):
@@ -475,7 +475,7 @@ def test_test_pipeline_keeps_raw_pixels_in_order(small_idx_dir):
 
 
 def test_short_run_on_mocked_cifar10(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "network_available", lambda *a, **k: True)
+    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
     config = Config(
         dataset="cifar10",
         logdir=str(tmp_path),

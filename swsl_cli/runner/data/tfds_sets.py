@@ -1,0 +1,171 @@
+"""Data sets of tensorflow-datasets, downloaded only when the network answers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import numpy as np
+
+from swsl_cli.runner.data.arrays import DataError, DownloadError, ImageArrays
+from swsl_cli.runner.data.checks import checked_arrays
+from swsl_cli.runner.data.idx import load_bundled_mnist
+
+TFDS_HOST = ("storage.googleapis.com", 443)  # where TFDS downloads MNIST from
+NETWORK_PROBE_SECONDS = 5.0
+OFFLINE_ENV = "SWSL_OFFLINE"
+
+
+def network_available(address=TFDS_HOST, timeout: float = NETWORK_PROBE_SECONDS) -> bool:
+    """Whether TFDS's download host answers within `timeout` seconds (False when offline).
+
+    The probe runs in a thread because name resolution ignores socket timeouts.
+    """
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        return False
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def _tfds_builder(name: str, data_dir: str | None):
+    """TFDS's builder for `name`, its errors turned into one line each."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow_datasets as tfds
+
+    where = data_dir or "TFDS's default data dir"
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(
+            f"unknown dataset {name!r}: not a tensorflow-datasets name (see "
+            "https://www.tensorflow.org/datasets/catalog); or pass --data_dir with an npz"
+        ) from None
+    except Exception as error:  # TFDS raises many kinds for a damaged folder
+        # TFDS prefixes its reason with the builder's arguments: keep the reason only.
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        reason = lines[0].split('}": ', 1)[-1][:200]
+        raise DataError(
+            f"{name}: its TFDS folder in {where} is damaged ({reason}); delete it and "
+            f"prepare it again (`tfds build {name}`)"
+        ) from None
+
+
+def tfds_metadata(name: str, features) -> tuple[tuple[int, int, int], int]:
+    """`(image_shape, num_classes)` from a builder's `info.features`; refuses what cannot train.
+
+    Needs an `image` feature of one fixed uint8 shape and a `label` ClassLabel.
+    """
+    import tensorflow_datasets as tfds
+
+    keys = list(features.keys())
+    if "image" not in keys or "label" not in keys:
+        lacking = " and ".join(k for k in ("image", "label") if k not in keys)
+        raise DataError(
+            f"{name} lacks the feature {lacking!r} (it has {', '.join(keys)}); only image "
+            "classification sets with 'image' and 'label' features work"
+        )
+    image, label = features["image"], features["label"]
+    if not isinstance(image, tfds.features.Image):
+        raise DataError(f"{name}: its 'image' feature is a {type(image).__name__}, not an Image")
+    if any(d is None for d in image.shape):
+        raise DataError(
+            f"{name}: images vary in size (shape {image.shape}); only data sets of fixed-size "
+            "images work"
+        )
+    if np.dtype(image.np_dtype) != np.uint8:
+        raise DataError(f"{name}: images are {np.dtype(image.np_dtype)}, only uint8 images work")
+    if not isinstance(label, tfds.features.ClassLabel):
+        raise DataError(
+            f"{name}: its 'label' feature is {label!r}, not integer class labels (a ClassLabel)"
+        )
+    return tuple(int(d) for d in image.shape), int(label.num_classes)
+
+
+def _tfds_prepared(builder) -> bool:
+    """`builder.is_prepared()`, without its warning about a folder that does not exist."""
+    return (builder.data_path / "dataset_info.json").exists() and builder.is_prepared()
+
+
+def _tfds_split(builder, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    dataset = builder.as_dataset(split=split).map(lambda e: (e["image"], e["label"]))
+    try:
+        batches = list(tfds.as_numpy(dataset.batch(10000)))
+    except tf.errors.OpError as error:
+        raise DataError(f"{name}: cannot read the {split} split: {error.message}") from None
+    return (
+        np.concatenate([images for images, _ in batches]),
+        np.concatenate([labels for _, labels in batches]),
+    )
+
+
+def load_tfds(name: str, data_dir: str | None, val_split: str | None = None) -> ImageArrays:
+    """`name` through tensorflow-datasets, downloading it only when the network answers.
+
+    The features are checked before any data is read, so a data set that
+    cannot train is refused at once.
+    """
+    builder = _tfds_builder(name, data_dir)
+    image_shape, num_classes = tfds_metadata(name, builder.info.features)
+    if not _tfds_prepared(builder):
+        if not network_available():
+            where = data_dir or "TFDS's default data dir"
+            raise DataError(
+                f"{name} is not prepared in {where} and the network is unreachable: run "
+                f"`tfds build {name}` where there is network (then copy the data dir here), "
+                "or pass --data_dir with an npz of the arrays"
+            )
+        try:
+            builder.download_and_prepare()
+        except Exception as error:  # downloads fail in many ways
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise DownloadError(f"{name}: download or preparation failed: {reason}") from None
+    wanted = ["train", "test"] + ([val_split] if val_split else [])
+    available = list(builder.info.splits.keys())  # empty only under tfds.testing.mock_data
+    missing = [split for split in wanted if available and split not in available]
+    if missing:
+        raise DataError(
+            f"{name} has no {' and no '.join(repr(s) for s in missing)} split "
+            f"(it has {', '.join(available) or 'none'})"
+        )
+    arrays = {}
+    for key, split in (("train", "train"), ("test", "test"), ("val", val_split)):
+        if split:
+            arrays[f"x_{key}"], arrays[f"y_{key}"] = _tfds_split(builder, name, split)
+    loaded = checked_arrays(
+        arrays,
+        source=f"tensorflow-datasets {name} ({builder.data_dir})",
+        name=name,
+        num_classes=num_classes,
+        val_split=val_split,
+    )
+    if loaded.image_shape != image_shape:
+        raise DataError(f"{name}: images are {loaded.image_shape}, its metadata says {image_shape}")
+    return loaded
+
+
+def load_mnist_default(val_split: str | None) -> ImageArrays:
+    """MNIST from TFDS when prepared or downloadable, else the bundled copy."""
+    builder = _tfds_builder("mnist", None)
+    if _tfds_prepared(builder) or network_available():
+        try:
+            return load_tfds("mnist", None, val_split)
+        except DownloadError:
+            pass  # the network answered but the download failed: the bundled copy will do
+    if val_split:
+        raise DataError(f"--val_split {val_split}: the bundled MNIST holds train and test only")
+    return load_bundled_mnist()
