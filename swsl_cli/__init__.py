@@ -1,45 +1,42 @@
-"""swsl-cli: the spatial interpolation soft weight sharing (SISWS) layer and its runner.
+"""swsl-cli: the spatial interpolation soft weight sharing (SISWS) layer, its relatives, their runner.
 
-`import swsl_cli` registers the package's Keras layers and optimizer, so
-that `keras.models.load_model` reads a saved `model.keras` after it. Started as
-the `swsl-train` command (or `python -m swsl_cli`), the package skips that
-import: `--help` and every refusal answer without loading TensorFlow, and
-the runner imports the layers when it trains.
+Two subpackages:
+
+- `swsl_cli.layers`, the layer library: Keras 3 layers (`keras.ops` and
+  numpy, every backend). Importing it registers the layers and `FusedAdam`
+  with Keras, so that `keras.models.load_model` reads a saved model after it.
+- `swsl_cli.runner`, `swsl-train`: everything that needs TensorFlow.
+
+This module itself loads nothing heavy, so `swsl-train --help` answers at
+once: the names below import the layer library when first used
+(`from swsl_cli import SoftWeightSharingConv2D`).
 """
 
-import os
 import sys
 
 __version__ = "0.3.1"
-LAYER_NAMES = ("SoftWeightSharingConv2D", "LocallyConnected2D", "LocalResponseNormalization")
-__all__ = [
-    "SoftWeightSharingConv2D",
+PUBLIC_NAMES = (
+    "FusedAdam",
     "LocallyConnected2D",
     "LocalResponseNormalization",
-    "__version__",
-]
-
-
-def _started_as_command() -> bool:
-    """Whether this process is `swsl-train ...` or `python -m swsl_cli ...`."""
-    argv = list(getattr(sys, "orig_argv", sys.argv))
-    script = next((arg for arg in argv[1:] if not arg.startswith("-")), "")
-    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else None
-    return module == "swsl_cli" or os.path.basename(script) == "swsl-train"
+    "SoftWeightSharingConv2D",
+)
+__all__ = [*PUBLIC_NAMES, "__version__"]
 
 
 def __getattr__(name):
-    if name in LAYER_NAMES:
+    if name in PUBLIC_NAMES:
         from swsl_cli import layers
 
         return getattr(layers, name)
     raise AttributeError(f"module 'swsl_cli' has no attribute {name!r}")
 
 
-if not _started_as_command():
-    from swsl_cli.layers import (  # noqa: E402
-        LocallyConnected2D,
-        LocalResponseNormalization,
-        SoftWeightSharingConv2D,
-    )
-    from swsl_cli.layers.optimizers import FusedAdam  # noqa: E402, F401
+def __dir__():
+    return sorted([*globals(), *PUBLIC_NAMES])
+
+
+# Code written for 0.3 registered the layers with `import keras; import swsl_cli`.
+# Where Keras is loaded already, registering costs nothing, so it happens here too.
+if "keras" in sys.modules:
+    from swsl_cli import layers  # noqa: E402, F401

@@ -208,9 +208,17 @@ def test_help_and_refusals_never_import_tensorflow(argv):
     assert result.returncode in (0, 2)
 
 
-def test_import_swsl_cli_registers_the_layers():
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import swsl_cli.layers, keras",
+        "from swsl_cli import LocallyConnected2D; import keras",
+        "import keras, swsl_cli",
+    ],
+)
+def test_importing_the_layers_registers_them(imports):
     script = (
-        "import swsl_cli, keras\n"
+        f"{imports}\n"
         "print(sorted(k for k in keras.saving.get_custom_objects() if k.startswith('swsl_cli')))\n"
     )
     result = subprocess.run(
@@ -219,6 +227,21 @@ def test_import_swsl_cli_registers_the_layers():
     )  # fmt: skip
     assert "'swsl_cli>SoftWeightSharingConv2D'" in result.stdout, result.stderr[-2000:]
     assert "'swsl_cli>LocalResponseNormalization'" in result.stdout
+    assert "'swsl_cli>FusedAdam'" in result.stdout
+
+
+def test_the_layer_library_loads_without_tensorflow_on_another_backend():
+    script = (
+        "import sys; import swsl_cli.layers as layers; import swsl_cli\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+        "print(tuple(layers.SoftWeightSharingConv2D(4, 3)(__import__('numpy').ones((1, 8, 8, 1))).shape))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "KERAS_BACKEND": "torch"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(1, 8, 8, 4)" in result.stdout
 
 
 def test_module_entry_point_exit_status_and_no_traceback(tmp_path):
