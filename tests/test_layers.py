@@ -259,6 +259,32 @@ def test_config_round_trip():
         assert config[key] == value, key
 
 
+def test_regularizers_add_losses_and_constraints_apply():
+    rng = np.random.default_rng(4)
+    x = rng.random((4, 6, 6, 1)).astype("float32")
+    layer = SoftWeightSharingConv2D(
+        2,
+        3,
+        kernel_regularizer=keras.regularizers.L2(0.5),
+        bias_regularizer=keras.regularizers.L1(0.25),
+        bias_initializer="ones",
+        kernel_constraint=keras.constraints.NonNeg(),
+        bias_constraint=keras.constraints.MaxNorm(0.1),
+    )
+    model = keras.Sequential([keras.Input(x.shape[1:]), layer, keras.layers.Flatten()])
+    model(x)
+    kernel = ops.convert_to_numpy(layer.kernel)
+    losses = sorted(float(ops.convert_to_numpy(loss)) for loss in model.losses)
+    np.testing.assert_allclose(losses, sorted([0.5 * np.square(kernel).sum(), 0.25 * 8]), rtol=1e-5)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    model.train_on_batch(x, np.full((4, 72), 5.0, "float32"))
+    assert ops.convert_to_numpy(layer.kernel).min() >= 0
+    assert np.linalg.norm(ops.convert_to_numpy(layer.bias)) <= 0.1 + 1e-6
+    config = layer.get_config()
+    assert config["kernel_regularizer"]["config"] == {"l2": 0.5}
+    assert SoftWeightSharingConv2D.from_config(config).get_config() == config
+
+
 def test_model_survives_save_and_load(tmp_path):
     rng = np.random.default_rng(9)
     x = rng.random((3, 12, 12, 1)).astype("float32")

@@ -3,11 +3,13 @@
 import dataclasses
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -157,21 +159,21 @@ def test_kernel_pngs_and_reloadable_model(full_run, mnist_dir):
     assert state["epoch"] == 2 and state["data_fingerprint"] == metrics["data_fingerprint"]
 
 
-def test_readme_reload_snippet_runs_as_written(full_run, mnist_dir):
+def test_the_documented_reload_snippet_runs_as_written(full_run):
     _, run_dir, _ = full_run
-    script = textwrap.dedent(f"""
-        import gzip
-        import numpy as np
-        import keras
-        import swsl_cli  # registers the package's layers with Keras
-
-        model = keras.models.load_model({str(run_dir / "model.keras")!r})
-        with gzip.open({str(mnist_dir / "t10k-images-idx3-ubyte.gz")!r}) as f:
-            images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
-        print(model.predict(images[:5], verbose=0).argmax(-1))
-    """)
+    text = (Path(__file__).resolve().parent.parent / "docs" / "outputs.md").read_text()
+    (snippet,) = [
+        block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "load_model" in block
+    ]
+    # Its two paths point at this run and, relative to the repository, the bundled MNIST.
+    snippet = snippet.replace("tensorboard/<run_name>/model.keras", str(run_dir / "model.keras"))
+    snippet = snippet.replace(
+        "model.predict(images[:5])", "print(model.predict(images[:5], verbose=0)"
+    )
+    snippet = snippet.replace(".argmax(-1)  ", ".argmax(-1))  ", 1)
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

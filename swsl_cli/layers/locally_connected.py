@@ -6,7 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from swsl_cli.layers.cells import CellPatches, conv_output_size, positive_pair, standardize_padding
+from swsl_cli.layers.base import BaseLocalConv2D
+from swsl_cli.layers.cells import CellPatches
 
 # Axes of the (H', W', kh, kw, C, F) kernel that make up one cell's fans, as
 # Conv2D counts them: fan_in = kh * kw * C, fan_out = kh * kw * F.
@@ -26,7 +27,7 @@ def per_cell_fans(initializer):
 
 
 @keras.saving.register_keras_serializable(package="swsl_cli")
-class LocallyConnected2D(keras.layers.Layer):
+class LocallyConnected2D(BaseLocalConv2D):
     """2D locally connected layer: every output cell has its own kernel.
 
     The far end of the spectrum that `SoftWeightSharingConv2D` sits in: a
@@ -97,75 +98,19 @@ class LocallyConnected2D(keras.layers.Layer):
     (28, 28, 3, 3, 1, 8)
     """
 
-    def __init__(
-        self,
-        filters: int,
-        kernel_size,
-        strides=1,
-        padding: str = "valid",
-        activation=None,
-        use_bias: bool = True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        **kwargs,
-    ):
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters < 1:
-            raise ValueError(f"Expected a strictly positive value. Received filters={filters!r}.")
-        self.filters = int(filters)
-        self.kernel_size = positive_pair(kernel_size, "kernel_size")
-        self.strides = positive_pair(strides, "strides")
-        self.padding = standardize_padding(padding)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
+    def __init__(self, filters: int, kernel_size, strides=1, padding: str = "valid", **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, **kwargs)
 
     def build(self, input_shape):
-        rows, cols, channels = input_shape[1], input_shape[2], input_shape[3]
-        if rows is None or cols is None or channels is None:
-            raise ValueError(
-                "LocallyConnected2D needs static rows, cols and channels, since its kernel "
-                f"has one entry per output cell. Received input_shape={input_shape}."
-            )
-        output_size = self.compute_output_shape(input_shape)[1:3]
-        if min(output_size) < 1:
-            raise ValueError(
-                f"Input {rows}x{cols} is smaller than kernel_size={self.kernel_size} "
-                f"with padding='valid'. Received input_shape={input_shape}."
-            )
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+        output_size = self.output_size_of(input_shape, "its kernel has one entry per output cell")
         self._cell_patches = CellPatches(
-            (rows, cols), output_size, self.kernel_size, self.strides, self.padding
+            input_shape[1:3], output_size, self.kernel_size, self.strides, self.padding
         )
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(*output_size, *self.kernel_size, channels, self.filters),
-            initializer=per_cell_fans(self.kernel_initializer),
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
+        self.kernel = self.add_kernel(
+            (*output_size, *self.kernel_size, input_shape[3], self.filters),
+            per_cell_fans(self.kernel_initializer),
         )
-        self.bias = (
-            self.add_weight(
-                name="bias",
-                shape=(*output_size, self.filters),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-            if self.use_bias
-            else None
-        )
+        self.bias = self.add_bias((*output_size, self.filters))
 
     def call(self, inputs):
         cells = self._cell_patches.cells
@@ -179,29 +124,3 @@ class LocallyConnected2D(keras.layers.Layer):
     def local_kernels(self) -> np.ndarray:
         """The kernel of every output cell as numpy, `(H', W', kh, kw, in_channels, filters)`."""
         return ops.convert_to_numpy(self.kernel)
-
-    def compute_output_shape(self, input_shape):
-        rows, cols = conv_output_size(
-            input_shape[1:3], self.kernel_size, self.strides, self.padding
-        )
-        return (input_shape[0], rows, cols, self.filters)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            }
-        )
-        return config

@@ -1,9 +1,7 @@
 """The spatial interpolation soft weight sharing (SISWS) convolution layer.
 
-Only `keras.ops` is used here, so the layers run on the TensorFlow, JAX and
-PyTorch backends alike. The package's other layers, `LocallyConnected2D`
-(`swsl_cli.layers.locally_connected`) and `LocalResponseNormalization`
-(`swsl_cli.layers.lrn`), are importable from here too.
+Only `keras.ops` is used here, so the layer runs on the TensorFlow, JAX and
+PyTorch backends alike.
 """
 
 from __future__ import annotations
@@ -12,23 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from swsl_cli.layers.cells import (
-    CellPatches,
-    conv_output_size,
-    positive_pair,
-    standardize_padding,
-)
-from swsl_cli.layers.locally_connected import LocallyConnected2D
-from swsl_cli.layers.lrn import LocalResponseNormalization
-
-__all__ = [
-    "LocallyConnected2D",
-    "LocalResponseNormalization",
-    "SoftWeightSharingConv2D",
-    "centroid_count",
-    "grid_centroids",
-    "similarity_from_distance",
-]
+from swsl_cli.layers.base import BaseLocalConv2D
+from swsl_cli.layers.cells import CellPatches, positive_pair
 
 SIMILARITIES = ("exp", "inv_euclidean")
 IMPLEMENTATIONS = ("auto", "conv", "local")
@@ -76,7 +59,7 @@ def similarity_from_distance(squared: keras.KerasTensor, similarity: str, normal
 
 
 @keras.saving.register_keras_serializable(package="swsl_cli")
-class SoftWeightSharingConv2D(keras.layers.Layer):
+class SoftWeightSharingConv2D(BaseLocalConv2D):
     """2D convolution with spatial interpolation soft weight sharing (SISWS).
 
     A compromise between a convolution (one kernel shared by every location)
@@ -121,6 +104,9 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
             `scaling * I`.
         kernel_initializer: initializer of the stacked kernel.
         bias_initializer: initializer of the stacked bias.
+        kernel_regularizer, bias_regularizer, activity_regularizer,
+        kernel_constraint, bias_constraint: as for `Conv2D`, on the stacked
+            kernel and bias.
         kcp_init: `"independent"` draws every KCP's kernel and bias on its
             own; `"shared"` draws one `(kh, kw, in_channels, filters)` kernel
             and one `(filters,)` bias and gives every KCP a copy, so with
@@ -171,29 +157,19 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         centroids=(2, 2),
         strides=1,
         padding: str = "same",
-        activation=None,
-        use_bias: bool = True,
         centroids_trainable: bool = False,
         sigma_trainable: bool | None = None,
         per_feature: bool = False,
         local_normalization: bool = True,
         similarity: str = "exp",
         scaling: float = 1.0,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
         kcp_init: str = "independent",
         seed: int | None = None,
         implementation: str = "auto",
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters < 1:
-            raise ValueError(f"Expected a strictly positive value. Received filters={filters!r}.")
-        self.filters = int(filters)
-        self.kernel_size = positive_pair(kernel_size, "kernel_size")
-        self.strides = positive_pair(strides, "strides")
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, **kwargs)
         self.centroids = self._standardize_centroids(centroids)
-        self.padding = standardize_padding(padding)
         for name, value, choices in (
             ("similarity", similarity, SIMILARITIES),
             ("implementation", implementation, IMPLEMENTATIONS),
@@ -207,8 +183,6 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         self.implementation = implementation
         self.kcp_init = kcp_init
         self.scaling = float(scaling)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
         self.centroids_trainable = bool(centroids_trainable)
         self.sigma_trainable = (
             self.centroids_trainable if sigma_trainable is None else bool(sigma_trainable)
@@ -218,11 +192,8 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         )
         self.per_feature = bool(per_feature) and not fixed_grid
         self.local_normalization = bool(local_normalization)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
         self.seed = seed
         self.n_centroids = centroid_count(self.centroids)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
 
     @staticmethod
     def _standardize_centroids(centroids):
@@ -246,19 +217,11 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         return self.filters if self.per_feature else 1
 
     def build(self, input_shape):
-        rows, cols, channels = input_shape[1], input_shape[2], input_shape[3]
-        if rows is None or cols is None or channels is None:
-            raise ValueError(
-                "SoftWeightSharingConv2D needs static rows, cols and channels, since its "
-                f"similarity map depends on the output size. Received input_shape={input_shape}."
-            )
-        self.output_rows, self.output_cols = self.compute_output_shape(input_shape)[1:3]
-        if min(self.output_rows, self.output_cols) < 1:
-            raise ValueError(
-                f"Input {rows}x{cols} is smaller than kernel_size={self.kernel_size} "
-                f"with padding='valid'. Received input_shape={input_shape}."
-            )
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+        output_size = self.output_size_of(
+            input_shape, "its similarity map depends on the output size"
+        )
+        self.output_rows, self.output_cols = output_size
+        channels = input_shape[3]
         self.uses_local = self.implementation == "local" or (
             self.implementation == "auto"
             and self.kernel_size[0] * self.kernel_size[1] * channels
@@ -266,27 +229,13 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         )
         if self.uses_local:
             self._cell_patches = CellPatches(
-                (rows, cols),
-                (self.output_rows, self.output_cols),
-                self.kernel_size,
-                self.strides,
-                self.padding,
+                input_shape[1:3], output_size, self.kernel_size, self.strides, self.padding
             )
         stacked = self.filters * self.n_centroids
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(*self.kernel_size, channels, stacked),
-            initializer=self._kcp_initializer(self.kernel_initializer),
+        self.kernel = self.add_kernel(
+            (*self.kernel_size, channels, stacked), self._kcp_initializer(self.kernel_initializer)
         )
-        self.bias = (
-            self.add_weight(
-                name="bias",
-                shape=(stacked,),
-                initializer=self._kcp_initializer(self.bias_initializer),
-            )
-            if self.use_bias
-            else None
-        )
+        self.bias = self.add_bias((stacked,), self._kcp_initializer(self.bias_initializer))
         # Centroids and Sigma stay float32 under mixed precision: the
         # similarities are computed in float32 and cast once.
         self.centroid_positions = self.add_weight(
@@ -410,31 +359,17 @@ class SoftWeightSharingConv2D(keras.layers.Layer):
         )
         return kernels.transpose(0, 1, 3, 4, 5, 2)
 
-    def compute_output_shape(self, input_shape):
-        rows, cols = conv_output_size(
-            input_shape[1:3], self.kernel_size, self.strides, self.padding
-        )
-        return (input_shape[0], rows, cols, self.filters)
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
                 "centroids": self.centroids,
-                "strides": self.strides,
-                "padding": self.padding,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
                 "centroids_trainable": self.centroids_trainable,
                 "sigma_trainable": self.sigma_trainable,
                 "per_feature": self.per_feature,
                 "local_normalization": self.local_normalization,
                 "similarity": self.similarity,
                 "scaling": self.scaling,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kcp_init": self.kcp_init,
                 "seed": self.seed,
                 "implementation": self.implementation,

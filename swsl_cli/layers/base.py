@@ -1,0 +1,138 @@
+"""What every conv-like layer of the library shares: arguments, build checks, output shape, config."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from swsl_cli.layers.cells import conv_output_size, positive_pair, standardize_padding
+
+
+class BaseLocalConv2D(keras.layers.Layer):
+    """Base of the 2D convolutions whose kernel may depend on the output location.
+
+    `SoftWeightSharingConv2D` and `LocallyConnected2D` share their arguments,
+    their input checks, their output shape and most of their config, as
+    Keras's own convolutions share `BaseConv`. A subclass builds its weights
+    with `add_kernel` / `add_bias` (which apply the regularizers and
+    constraints) after `output_size_of` has checked the input.
+
+    Args:
+        filters: int, the number of output channels.
+        kernel_size: int or pair of ints, the kernel's height and width.
+        strides: int or pair of ints, the strides.
+        padding: `"valid"` or `"same"` (case-insensitive), as `Conv2D` pads.
+        activation: activation function, `None` for none.
+        use_bias: bool, whether the layer adds a bias.
+        kernel_initializer: initializer of the kernel.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the kernel.
+        bias_constraint: constraint of the bias.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size,
+        strides=1,
+        padding: str = "valid",
+        activation=None,
+        use_bias: bool = True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters < 1:
+            raise ValueError(f"Expected a strictly positive value. Received filters={filters!r}.")
+        self.filters = int(filters)
+        self.kernel_size = positive_pair(kernel_size, "kernel_size")
+        self.strides = positive_pair(strides, "strides")
+        self.padding = standardize_padding(padding)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def output_size_of(self, input_shape, why_static: str) -> tuple[int, int]:
+        """`(H', W')` for `input_shape`, after checking the input can be built on.
+
+        Rows, cols and channels must be static (`why_static` says what of
+        this layer depends on them), and the output at least one cell.
+        """
+        rows, cols, channels = input_shape[1], input_shape[2], input_shape[3]
+        if rows is None or cols is None or channels is None:
+            raise ValueError(
+                f"{type(self).__name__} needs static rows, cols and channels, since {why_static}. "
+                f"Received input_shape={input_shape}."
+            )
+        output_size = self.compute_output_shape(input_shape)[1:3]
+        if min(output_size) < 1:
+            raise ValueError(
+                f"Input {rows}x{cols} is smaller than kernel_size={self.kernel_size} "
+                f"with padding='valid'. Received input_shape={input_shape}."
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+        return output_size
+
+    def add_kernel(self, shape, initializer=None):
+        """The kernel weight, with the layer's regularizer and constraint."""
+        return self.add_weight(
+            name="kernel",
+            shape=shape,
+            initializer=initializer or self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+
+    def add_bias(self, shape, initializer=None):
+        """The bias weight, with the layer's regularizer and constraint; None without a bias."""
+        if not self.use_bias:
+            return None
+        return self.add_weight(
+            name="bias",
+            shape=shape,
+            initializer=initializer or self.bias_initializer,
+            regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint,
+        )
+
+    def compute_output_shape(self, input_shape):
+        rows, cols = conv_output_size(
+            input_shape[1:3], self.kernel_size, self.strides, self.padding
+        )
+        return (input_shape[0], rows, cols, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config
