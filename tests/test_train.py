@@ -661,8 +661,8 @@ def test_multi_worker_from_tf_config_on_one_local_worker(tmp_path, mnist_dir):
 
 
 def test_second_signal_exits_at_once(monkeypatch):
+    from swsl_cli.runner.console import Console
     from swsl_cli.runner.interrupts import handled_by
-    from swsl_cli.runner.progress import Console
 
     session = type("Session", (), {"console": Console(None)})()
     record = train.RunRecord(session)

@@ -7,14 +7,16 @@ and a bad value creates nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 
 from swsl_cli import __version__
-from swsl_cli.runner import distribute
+from swsl_cli.runner import distribute, runs
 from swsl_cli.runner.compare import FORMATS
 from swsl_cli.runner.config import DECLARATIONS, DEFAULTS, GROUPS, ORIGINAL, PROG, Config
+from swsl_cli.runner.console import Console
 from swsl_cli.runner.interrupts import Interrupted, handled_by, raise_interrupted
 
 DESCRIPTION = """\
@@ -202,14 +204,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one-line message repeats; it must hear this before TensorFlow loads.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # Until training installs its own handlers, a signal ends the start-up in one line.
-    with handled_by(raise_interrupted):
+    with handled_by(raise_interrupted), contextlib.ExitStack() as stack:
         try:
-            from swsl_cli.runner.train import main as train_main
+            # Paths, the resume target and its settings are checked before TensorFlow loads.
+            opened = runs.open_run(config, given_names, stack)
+            Console(sys.stdout).line(opening_line(opened))
+            from swsl_cli.runner.train import main_opened
 
-            return train_main(config, given_names)
+            return main_opened(opened, stack)
+        except (runs.RunError, distribute.ClusterError) as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return 1
         except Interrupted as interrupt:
             print(f"{PROG}: interrupted by {interrupt.signal_name} while starting", file=sys.stderr)
             return interrupt.exit_code
+
+
+def opening_line(opened: runs.OpenedRun) -> str:
+    """The first line of a run, printed before TensorFlow loads (which takes seconds)."""
+    config = opened.config
+    if opened.resumed:
+        what = f"resuming run {config.run_name} after epoch {opened.checkpoint.epoch}"
+    else:
+        what = f"new run in {config.logdir}"
+    return f"{PROG} {__version__}: {what}; loading TensorFlow"
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ the model per device and all-reduces the gradients of every step.
 - `make_strategy` waits a bounded time for every peer, and names the ones
   that never came up; a watchdog process bounds TensorFlow's own start.
 - Only the chief (worker 0, or the `chief` task) writes the run folder; every
-  other worker writes into a temporary folder removed at the end (TF's
-  pattern: all workers run the same callbacks, so their collective steps stay
-  in step).
+  other worker writes into a temporary folder (`scratch_logdir`, used by
+  `runs.open_run`) removed at the end (TF's pattern: all workers run the same
+  callbacks, so their collective steps stay in step).
 - `prepare_model_for_fit` works around Keras 3's `fit` with this strategy
   (keras-team/keras#20585).
 - `signal_on_any_worker` makes a signal to one worker stop all of them after
@@ -25,7 +25,6 @@ the model per device and all-reduces the gradients of every step.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -213,20 +212,6 @@ def scratch_logdir(cluster: Cluster | None) -> Iterator[Path | None]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def into_scratch(config, resumed, scratch: Path):
-    """A non-chief worker's config and resumption: the same run, written under `scratch`.
-
-    A resumed run still restores the chief's checkpoint (read only), so every
-    worker starts from the same weights and optimizer state.
-    """
-    if resumed is None:
-        return dataclasses.replace(config, logdir=str(scratch)), None
-    root = scratch / resumed.run.root.name
-    root.mkdir()
-    settings = dataclasses.replace(resumed.config, logdir=str(scratch))
-    return config, dataclasses.replace(resumed, run=type(resumed.run)(root), config=settings)
 
 
 def _split(address: str) -> tuple[str, int]:

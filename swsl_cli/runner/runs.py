@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from swsl_cli.runner import distribute
 from swsl_cli.runner.config import PROG, RESUME_OVERRIDES, Config
 
 CHECKPOINTS = "checkpoints"
@@ -381,6 +382,121 @@ def resume(run: RunDir, config: Config, given: frozenset[str]) -> Resumption:
     place = {"logdir": config.logdir, "run_name": root.name, "resume": True}
     resumed = dataclasses.replace(saved, **{**overrides, **place})
     return Resumption(run, resumed, checkpoint)
+
+
+def absolute_data_dir(config: Config) -> Config:
+    """`--data_dir` as an absolute path, so the saved run resumes from any folder."""
+    if config.data_dir is None:
+        return config
+    return dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser().resolve()))
+
+
+def check_new_run(config: Config) -> None:
+    """Refuses at once what `create` would refuse later: an unusable `--logdir`, a taken name."""
+    logdir = Path(config.logdir).expanduser()
+    _usable_logdir(logdir)
+    if config.run_name and (logdir / config.run_name).exists():
+        raise RunError(
+            f"run folder {logdir / config.run_name} already exists; pass --resume to continue "
+            "it, or another --run_name"
+        )
+
+
+@dataclass
+class OpenedRun:
+    """The run to train, resolved before anything heavy loads.
+
+    Attributes:
+        config: the effective config: a drawn seed, `--data_dir` absolute, a
+            resumed run's saved settings with the overrides given, and on a
+            worker that is not the chief its scratch `--logdir`.
+        run: the folder `--resume` continues (its lock held), or None for a
+            new run until `create` makes it.
+        checkpoint: the last complete epoch a resumed run continues from.
+        cluster: the workers of a multi-worker run, else None.
+    """
+
+    config: Config
+    run: RunDir | None
+    checkpoint: Checkpoint | None
+    cluster: distribute.Cluster | None = None
+
+    @property
+    def writes_scratch(self) -> bool:
+        """Whether this process is a worker whose copy of the run is temporary."""
+        return not distribute.is_chief(self.cluster)
+
+    @property
+    def resumed(self) -> bool:
+        return self.checkpoint is not None
+
+    def create(self, stack: contextlib.ExitStack) -> RunDir:
+        """Makes a new run's folder and holds its lock until `stack` closes."""
+        self.run, self.config = create(self.config)
+        stack.enter_context(self.run.lock())
+        return self.run
+
+
+def open_run(config: Config, given: frozenset[str], stack: contextlib.ExitStack) -> OpenedRun:
+    """Resolves the run `config` asks for; every check of paths, of the resume target and of
+    its settings files happens here, with no TensorFlow.
+
+    `--resume`: finds the run, takes its lock (on the chief: other workers only
+    read the chief's run) and applies the saved settings (`resume`). A new
+    run gets its seed, and its `--logdir` and name are checked; its folder is
+    made by `OpenedRun.create` once the data have loaded, so a run that cannot
+    start leaves nothing behind. A worker that is not the chief writes into a
+    temporary folder, removed when `stack` closes. Locks are held, and
+    temporary folders kept, until then.
+    """
+    config = absolute_data_dir(config)
+    if config.resume:
+        run = find_run(config)
+        # The saved strategy decides whether this process is the chief; it is read
+        # again, under the lock, by `resume`.
+        cluster = distribute.cluster_of(run.read_config().distribute, os.environ)
+        if distribute.is_chief(cluster):
+            stack.enter_context(run.lock())
+        resumption = resume(run, config, given)
+        config, checkpoint = resumption.config, resumption.checkpoint
+    else:
+        cluster = distribute.cluster_of(config.distribute, os.environ)
+        config, run, checkpoint = with_seed(config), None, None
+        if distribute.is_chief(cluster):
+            check_new_run(config)
+    scratch = stack.enter_context(distribute.scratch_logdir(cluster))
+    if scratch is not None:
+        # The same run, written under `scratch`; a resumed one still restores the
+        # chief's checkpoint (read only), so every worker starts from the same state.
+        config = dataclasses.replace(config, logdir=str(scratch))
+        if run is not None:
+            run = RunDir(scratch / run.root.name)
+            run.root.mkdir()
+    return OpenedRun(config, run, checkpoint, cluster)
+
+
+def check_resumable(opened: OpenedRun, fingerprint: str, source: str, replicas: int) -> None:
+    """The refusals of `--resume` that need the loaded data and the strategy.
+
+    The data must be the run's (by fingerprint), and the global batch the
+    run's: the learning rate is a function of the step, and another number
+    of replicas would count steps of another size.
+    """
+    config, state = opened.config, opened.checkpoint.state
+    saved = state.get("data_fingerprint")
+    if saved is not None and saved != fingerprint:
+        raise RunError(
+            f"--resume: {source} is not the data run {config.run_name!r} was trained on (its "
+            "fingerprint differs); pass --data_dir with the run's data"
+        )
+    saved_batch = state.get("global_batch")
+    global_batch = config.batch_size * replicas
+    if saved_batch is not None and saved_batch != global_batch:
+        raise RunError(
+            f"--resume: run {config.run_name!r} was trained with a global batch of {saved_batch} "
+            f"({config.batch_size} per replica); on {replicas} replica(s) it would be "
+            f"{global_batch}: resume it on as many devices (or workers) as it started with"
+        )
 
 
 def resume_command(config: Config) -> str:

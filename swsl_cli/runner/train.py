@@ -22,7 +22,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 @contextlib.contextmanager
@@ -62,13 +61,14 @@ from swsl_cli.layers.optimizers import FusedAdam  # noqa: E402
 from swsl_cli.runner import data, distribute, runs  # noqa: E402
 from swsl_cli.runner.augment import Augmentation  # noqa: E402
 from swsl_cli.runner.config import PROG, Config  # noqa: E402
+from swsl_cli.runner.console import Console, epoch_line  # noqa: E402
 from swsl_cli.runner.interrupts import (  # noqa: E402
     EXIT_CODES,
     Interrupted,
     handled_by,
 )
 from swsl_cli.runner.model import augments_itself, build_model, parameter_counts  # noqa: E402
-from swsl_cli.runner.progress import Console, ProgressBar, epoch_line  # noqa: E402
+from swsl_cli.runner.progress import ProgressBar  # noqa: E402
 from swsl_cli.runner.summaries import (  # noqa: E402
     LayerSummaries,
     export_kernel_pngs,
@@ -309,17 +309,11 @@ def compile_model(model: keras.Model, config: Config, steps: int, jit: bool) -> 
     )
 
 
-def absolute_data_dir(config: Config) -> Config:
-    """`--data_dir` as an absolute path, so the saved run resumes from any folder."""
-    if config.data_dir is None:
-        return config
-    return dataclasses.replace(config, data_dir=str(Path(config.data_dir).expanduser().resolve()))
-
-
-def prepare(config: Config, resumed: runs.Resumption | None, console: Console) -> Session:
-    """Phase 1: settings, device, strategy and data; a new run folder unless resuming."""
+def prepare(opened: runs.OpenedRun, stack: contextlib.ExitStack, console: Console) -> Session:
+    """Phase 1: settings, device, strategy and data; then a new run's folder, or the
+    resumed run's last checks."""
     started = time.perf_counter()
-    config = runs.with_seed(absolute_data_dir(config))
+    config = opened.config
     with native_stderr_hidden():  # CUDA probing logs "failed call to cuInit" on CPU machines
         settings = configure(config)
         device = device_report()
@@ -328,32 +322,15 @@ def prepare(config: Config, resumed: runs.Resumption | None, console: Console) -
         config.max_train_examples, config.max_test_examples
     )
     fingerprint = arrays.fingerprint()
-    if resumed is not None:
-        saved = resumed.checkpoint.state.get("data_fingerprint")
-        if saved is not None and saved != fingerprint:
-            raise runs.RunError(
-                f"--resume: {arrays.source} is not the data run {config.run_name!r} was "
-                "trained on (its fingerprint differs); pass --data_dir with the run's data"
-            )
-        # The learning rate is a function of the step: another number of replicas would
-        # count steps of another size.
-        saved_batch = resumed.checkpoint.state.get("global_batch")
-        global_batch = config.batch_size * strategy.num_replicas_in_sync
-        if saved_batch is not None and saved_batch != global_batch:
-            raise runs.RunError(
-                f"--resume: run {config.run_name!r} was trained with a global batch of "
-                f"{saved_batch} ({config.batch_size} per replica); on "
-                f"{strategy.num_replicas_in_sync} replica(s) it would be {global_batch}: "
-                "resume it on as many devices (or workers) as it started with"
-            )
-        run, checkpoint = resumed.run, resumed.checkpoint
+    if opened.resumed:
+        runs.check_resumable(opened, fingerprint, arrays.source, strategy.num_replicas_in_sync)
+        run = opened.run
         run.remove_partial_files()
         run.write_config(config)
     else:
-        run, config = runs.create(config)
-        checkpoint = None
+        run = opened.create(stack)
     session = Session(
-        config,
+        opened.config,
         run,
         arrays,
         strategy,
@@ -361,8 +338,8 @@ def prepare(config: Config, resumed: runs.Resumption | None, console: Console) -
         device,
         console,
         started,
-        checkpoint,
-        fresh=resumed is None,
+        opened.checkpoint,
+        fresh=not opened.resumed,
         data_fingerprint=fingerprint,
     )
     console.line(
@@ -537,7 +514,16 @@ def nonfinite(session: Session, record: RunRecord) -> int:
 
 
 def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int:
-    """Trains one run as `config` says; returns the exit status."""
+    """Trains one run as `config` says (`given`: the flags given); returns the exit status."""
+    with contextlib.ExitStack() as stack:
+        return run_opened(runs.open_run(config, given, stack), stack, stream)
+
+
+def run_opened(opened: runs.OpenedRun, stack: contextlib.ExitStack, stream=None) -> int:
+    """Trains the run `runs.open_run` resolved: prepare, build or restore, fit, finish.
+
+    Returns the exit status. Locks and temporary folders stay with `stack`.
+    """
     console = Console(stream if stream is not None else sys.stdout)
     if keras.backend.backend() != "tensorflow":
         console.error(
@@ -546,57 +532,43 @@ def run(config: Config, given: frozenset[str] = frozenset(), stream=None) -> int
             "before importing keras"
         )
         return 1
-    with contextlib.ExitStack() as stack:
-        resumed = None
-        if config.resume:
-            run_dir = runs.find_run(config)
-            cluster = distribute.cluster_of(run_dir.read_config().distribute, os.environ)
-            if distribute.is_chief(cluster):  # other workers only read the chief's run
-                stack.enter_context(run_dir.lock())
-            resumed = runs.resume(run_dir, config, given)
-        else:
-            cluster = distribute.cluster_of(config.distribute, os.environ)
-        scratch = stack.enter_context(distribute.scratch_logdir(cluster))
-        if scratch is not None:  # not the chief: write into a temporary folder
-            config, resumed = distribute.into_scratch(config, resumed, scratch)
-            console.line(
-                f"{cluster.name}: the chief writes the run; this worker's copy goes to a "
-                "temporary folder, removed at the end"
-            )
-        session = prepare(resumed.config if resumed else config, resumed, console)
-        if resumed is None:
-            stack.enter_context(session.run.lock())
-        stack.enter_context(distribute.peer_failures(session.strategy))
-        record = RunRecord(
-            session, epochs=list(session.checkpoint.state["epochs"]) if session.checkpoint else []
+    if opened.writes_scratch:
+        console.line(
+            f"{opened.cluster.name}: the chief writes the run; this worker's copy goes to a "
+            "temporary folder, removed at the end"
         )
-        phase = "while building the model"
-        try:
-            model = build_or_restore(session)
-            record.parameters = parameter_counts(model)
-            session.console.line(model_line(record.parameters, session.settings.jit_compile))
-            if session.start_epoch < session.config.n_epochs:
-                phase = "while training"
-                record.write(status="running")
-                if session.fresh:
-                    write_hparams(session.run.root, session.config)
-                fit(session, model, record)
-                record.signal_name = distribute.signal_on_any_worker(  # multi-worker
-                    session.strategy, record.signal_name
-                )
-            if record.nonfinite_at is not None:
-                return nonfinite(session, record)
-            if record.signal_name is not None:
-                return stopped(session, record, record.signal_name, phase)
-            phase = "while finishing (test evaluation, model, pictures)"
-            finish(session, model, record)
-        except Interrupted as interrupt:
-            return stopped(session, record, interrupt.signal_name, phase)
-        except BaseException:
-            if not discard(session):
-                with contextlib.suppress(Exception):
-                    record.write(status="failed")
-            raise
+    session = prepare(opened, stack, console)
+    stack.enter_context(distribute.peer_failures(session.strategy))
+    record = RunRecord(
+        session, epochs=list(session.checkpoint.state["epochs"]) if session.checkpoint else []
+    )
+    phase = "while building the model"
+    try:
+        model = build_or_restore(session)
+        record.parameters = parameter_counts(model)
+        session.console.line(model_line(record.parameters, session.settings.jit_compile))
+        if session.start_epoch < session.config.n_epochs:
+            phase = "while training"
+            record.write(status="running")
+            if session.fresh:
+                write_hparams(session.run.root, session.config)
+            fit(session, model, record)
+            record.signal_name = distribute.signal_on_any_worker(  # multi-worker
+                session.strategy, record.signal_name
+            )
+        if record.nonfinite_at is not None:
+            return nonfinite(session, record)
+        if record.signal_name is not None:
+            return stopped(session, record, record.signal_name, phase)
+        phase = "while finishing (test evaluation, model, pictures)"
+        finish(session, model, record)
+    except Interrupted as interrupt:
+        return stopped(session, record, interrupt.signal_name, phase)
+    except BaseException:
+        if not discard(session):
+            with contextlib.suppress(Exception):
+                record.write(status="failed")
+        raise
     return 0
 
 
@@ -619,8 +591,19 @@ def describe_op_error(error: tf.errors.OpError) -> str:
 
 def main(config: Config, given: frozenset[str] = frozenset()) -> int:
     """`run` with every expected failure turned into one line and exit status 1."""
+    return reported(run, config, given)
+
+
+def main_opened(opened: runs.OpenedRun, stack: contextlib.ExitStack) -> int:
+    """`run_opened` with every expected failure turned into one line and exit status 1:
+    the CLI, which opened the run before TensorFlow loaded."""
+    return reported(run_opened, opened, stack)
+
+
+def reported(train, *args) -> int:
+    """`train(*args)`'s exit status; an expected failure is one line on stderr and status 1."""
     try:
-        return run(config, given)
+        return train(*args)
     except (runs.RunError, data.DataError, distribute.ClusterError, distribute.PeerError) as error:
         message = str(error)
     except MemoryError:

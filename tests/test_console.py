@@ -3,7 +3,8 @@
 import io
 import os
 
-from swsl_cli.runner.progress import Console, ProgressBar, epoch_line
+from swsl_cli.runner.console import Console, epoch_line
+from swsl_cli.runner.progress import ProgressBar
 
 
 def test_epoch_line():
