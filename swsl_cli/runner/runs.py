@@ -392,9 +392,18 @@ def absolute_data_dir(config: Config) -> Config:
 
 
 def check_new_run(config: Config) -> None:
-    """Refuses at once what `create` would refuse later: an unusable `--logdir`, a taken name."""
+    """Refuses at once what `create` would refuse later (an unusable `--logdir`, a taken
+    name), creating nothing: a run that cannot start leaves no folder behind."""
     logdir = Path(config.logdir).expanduser()
-    _usable_logdir(logdir)
+    existing = next(path for path in (logdir, *logdir.parents) if path.exists())
+    if existing == logdir and not logdir.is_dir():
+        raise RunError(f"--logdir {logdir} is a file, not a folder; choose another --logdir")
+    if not existing.is_dir():
+        raise RunError(f"cannot create --logdir {logdir}: Not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == logdir:
+            raise RunError(f"--logdir {logdir} is not writable; choose another --logdir")
+        raise RunError(f"cannot create --logdir {logdir}: Permission denied")
     if config.run_name and (logdir / config.run_name).exists():
         raise RunError(
             f"run folder {logdir / config.run_name} already exists; pass --resume to continue "

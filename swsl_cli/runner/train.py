@@ -538,7 +538,12 @@ def run_opened(opened: runs.OpenedRun, stack: contextlib.ExitStack, stream=None)
             "temporary folder, removed at the end"
         )
     session = prepare(opened, stack, console)
-    stack.enter_context(distribute.peer_failures(session.strategy))
+    with distribute.peer_failures(session.strategy):
+        return phases(session)
+
+
+def phases(session: Session) -> int:
+    """Build or restore, fit, finish; a stop (signal, non-finite loss) ends in its report."""
     record = RunRecord(
         session, epochs=list(session.checkpoint.state["epochs"]) if session.checkpoint else []
     )
