@@ -49,7 +49,8 @@ EXTRA_SATURATION_VALUE = ((0.8, 1.0), (1.0, 0.7), (0.5, 0.85), (0.9, 0.6))
 
 SAMPLE_STEP = 3  # every third output cell, as the original visualisation
 MAX_SAMPLES = 10  # sampled cells per side at most: larger outputs get a larger step
-MAX_SIDE = 1500  # pixels per side of an exported picture at most
+MAX_SIDE = 8192  # pixels per side of an exported picture at most
+MIN_PIXELS_PER_WEIGHT = 3  # every weight of every picture is at least 3x3 screen pixels
 
 
 def palette(count: int) -> np.ndarray:
@@ -264,29 +265,28 @@ def fold_columns(images: np.ndarray, columns: int) -> np.ndarray:
     return banded.reshape(-1, columns, *images.shape[2:])[:-1]
 
 
-def bounded_picture(images: np.ndarray, factor: int, max_side: int = MAX_SIDE) -> np.ndarray:
-    """`mosaic` of `(rows, cols, h, w[, 3])` images, enlarged by up to `factor`, at most
-    `max_side` pixels a side.
+def full_picture(images: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Every tile of `(rows, cols, h, w[, 3])` (e.g. input channels x filters) in one picture,
+    `MIN_PIXELS_PER_WEIGHT` pixels per weight, at most `max_side` pixels a side.
 
-    A grid wider than `max_side` is folded into bands of filters
-    (`fold_columns`), as many a band as make the picture nearest to square; the
-    enlargement then shrinks (down to 1); a grid still
-    too tall keeps its first rows that fit.
+    A single row is folded into a near-square grid (`fold_row`); a grid wider
+    than `max_side` is folded into bands of columns (`fold_columns`), as many
+    a band as make the picture nearest to square; a grid still too tall keeps
+    its first rows that fit.
     """
+    factor = MIN_PIXELS_PER_WEIGHT
+    limit = max_side // factor
     grid = fold_row(images)
     rows, cols, height, width = grid.shape[:4]
-    if cols * width > max_side:
+    if cols * width > limit:
 
         def longer_side(columns: int) -> int:
             bands = math.ceil(cols / columns)
             return max(columns * width, (bands * (rows + 1) - 1) * height)
 
-        fitting = range(max(1, max_side // width), 0, -1)
+        fitting = range(max(1, limit // width), 0, -1)
         grid = fold_columns(grid, min(fitting, key=longer_side))
-    grid = grid[: max(1, max_side // height)]
-    picture = _grid_picture(grid)
-    factor = max(1, min(factor, max_side // max(picture.shape[:2])))
-    return upscale(picture, factor)
+    return upscale(_grid_picture(grid[: max(1, limit // height)]), factor)
 
 
 def kcp_tiles(kernels: np.ndarray) -> np.ndarray:
@@ -305,3 +305,188 @@ def kcp_tiles(kernels: np.ndarray) -> np.ndarray:
 def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement, so that 3x3 kernels are visible in a viewer."""
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+# ----------------------------------------------------------------------------- specialisation
+
+# Stops of matplotlib's "viridis" colour map (perceptually uniform, legible for colour-blind
+# readers), linearly interpolated: 0 is dark blue-purple, 1 bright yellow.
+VIRIDIS_STOPS = (
+    np.array(
+        [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
+        dtype=np.float32,
+    )
+    / 255.0
+)
+SUMMARY_CELLS = 4  # kernels per axis in the summary pictures: the corners and two between
+SUMMARY_FILTERS = 64  # at most this many filters in a summary picture (all in the full one)
+GAP = 3  # pixels between the filters of a summary picture
+GAP_COLOUR = np.array([0.16, 0.2, 0.28], dtype=np.float32)  # slate, unlike any grey kernel
+
+
+def specialisation_map(cell_kernels: np.ndarray) -> np.ndarray:
+    """How far the kernel at each cell is from the layer's mean kernel, `(H', W')`.
+
+    `||K(i, j) - mean K|| / rms ||K||`, the norms over every tap, input channel
+    and filter of the per-cell kernels `(H', W', kh, kw, C, F)`: 0 where a cell
+    sees the mean kernel (a convolution: 0 everywhere), about 1 where cells
+    share nothing (independent kernels); a zero layer maps to 0.
+    """
+    flat = cell_kernels.reshape(*cell_kernels.shape[:2], -1).astype(np.float64)
+    distance = np.linalg.norm(flat - flat.mean(axis=(0, 1)), axis=-1)
+    size = np.sqrt(np.mean(np.sum(np.square(flat), axis=-1)))
+    return (distance / size if size > 0 else np.zeros_like(distance)).astype(np.float32)
+
+
+def sws_specialisation_map(kcp_kernels: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """`specialisation_map` of a soft weight sharing layer without its per-cell kernels.
+
+    The kernel at a cell is `sum_s S_s W_s`, so its distance from the mean kernel
+    is a quadratic form in the coefficients with each filter's Gram matrix
+    of KCP kernels: `(H' W' F S^2)` work, however large the kernels are.
+
+    Args:
+        kcp_kernels: `(kh, kw, C, F, S)`.
+        similarity: `(H', W', G, S)` coefficients, `G` 1 or `F`.
+    """
+    kh, kw, channels, filters, count = kcp_kernels.shape
+    kernels = kcp_kernels.reshape(-1, filters, count).astype(np.float64)
+    gram = np.einsum("pfs,pft->fst", kernels, kernels)  # (F, S, S)
+    coefficients = np.broadcast_to(similarity, (*similarity.shape[:2], filters, count))
+    coefficients = coefficients.astype(np.float64)
+    offset = coefficients - coefficients.mean(axis=(0, 1))
+    distance = np.einsum("yxfs,fst,yxft->yx", offset, gram, offset)
+    squared_sizes = np.einsum("yxfs,fst,yxft->yx", coefficients, gram, coefficients)
+    size = np.sqrt(max(float(squared_sizes.mean()), 0.0))
+    if size == 0:
+        return np.zeros(similarity.shape[:2], np.float32)
+    return (np.sqrt(np.maximum(distance, 0.0)) / size).astype(np.float32)
+
+
+def heat_colours(values: np.ndarray, high: float = 1.0) -> np.ndarray:
+    """`values` in `[0, high]` (clipped) as viridis RGB, shape `(*values.shape, 3)`."""
+    position = np.clip(values / high, 0.0, 1.0) * (len(VIRIDIS_STOPS) - 1)
+    low = np.minimum(position.astype(int), len(VIRIDIS_STOPS) - 2)
+    weight = (position - low)[..., None]
+    return (1 - weight) * VIRIDIS_STOPS[low] + weight * VIRIDIS_STOPS[low + 1]
+
+
+def colour_bar(width: int, height: int = 8) -> np.ndarray:
+    """The heat map's scale from 0 (left) to 1 (right), `(height, width, 3)`."""
+    return np.broadcast_to(heat_colours(np.linspace(0.0, 1.0, width)), (height, width, 3)).copy()
+
+
+def specialisation_picture(
+    values: np.ndarray,
+    centroids: np.ndarray | None = None,
+    scaling: float = 1.0,
+    side: int = 224,
+) -> np.ndarray:
+    """The specialisation map as a picture about `side` pixels wide, with its colour bar.
+
+    Colours are on the fixed scale of `heat_colours` (0 to 1), so pictures of
+    different layers, epochs and runs compare directly. `centroids` `(G, S, 2)`
+    (y, x in `[0, scaling]`), if given, are marked as white dots with a
+    dark centre.
+    """
+    rows, cols = values.shape
+    factor = max(MIN_PIXELS_PER_WEIGHT, side // max(rows, cols))
+    picture = upscale(heat_colours(values), factor)
+    if centroids is not None:
+        for y, x in centroids.reshape(-1, 2):
+            i = int(round(np.clip(y / scaling, 0, 1) * (rows - 1))) * factor + factor // 2
+            j = int(round(np.clip(x / scaling, 0, 1) * (cols - 1))) * factor + factor // 2
+            picture[max(i - 2, 0) : i + 3, max(j - 2, 0) : j + 3] = 1.0
+            picture[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2] = 0.0
+    gap = np.ones((GAP, picture.shape[1], 3), np.float32)
+    return np.concatenate([picture, gap, colour_bar(picture.shape[1])])
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def summary_indices(length: int, count: int = SUMMARY_CELLS) -> np.ndarray:
+    """`count` evenly spaced cells of an axis of `length`, its first and last included."""
+    return np.unique(np.linspace(0, length - 1, min(count, length)).round().astype(int))
+
+
+def summary_cells(cell_kernels: np.ndarray, count: int = SUMMARY_CELLS) -> np.ndarray:
+    """The per-cell kernels `(H', W', ...)` at `count` evenly spaced cells per axis."""
+    rows = summary_indices(cell_kernels.shape[0], count)
+    cols = summary_indices(cell_kernels.shape[1], count)
+    return cell_kernels[rows][:, cols]
+
+
+def strongest_channel(cell_kernels: np.ndarray) -> np.ndarray:
+    """Each filter's kernels on its strongest input channel (largest summed |weight|).
+
+    `(gy, gx, kh, kw, C, F)` -> `(gy, gx, kh, kw, 1, F)`.
+    """
+    strength = np.abs(cell_kernels).sum(axis=(0, 1, 2, 3))  # (C, F)
+    channel = strength.argmax(axis=0)
+    chosen = np.take_along_axis(cell_kernels, channel[None, None, None, None, None, :], axis=4)
+    return chosen
+
+
+def filter_grid(tiles: np.ndarray, gap: int = GAP) -> np.ndarray:
+    """One picture of per-filter tiles `(F, h, w[, 3])`: a near-square grid, `gap` pixels apart.
+
+    Grey tiles become RGB; the gaps are `GAP_COLOUR`.
+    """
+    if tiles.ndim == 3:
+        tiles = np.repeat(tiles[..., None], 3, axis=-1)
+    count, height, width = tiles.shape[:3]
+    columns = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    picture = np.empty((rows * (height + gap) + gap, columns * (width + gap) + gap, 3), np.float32)
+    picture[:] = GAP_COLOUR
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = gap + row * (height + gap), gap + column * (width + gap)
+        picture[top : top + height, left : left + width] = tiles[index]
+    return picture
+
+
+def summary_picture(
+    cell_kernels: np.ndarray, rgb: bool = False, similarity: np.ndarray | None = None
+) -> np.ndarray:
+    """A layer's kernels as one legible picture: per filter, its kernel at a few cells.
+
+    Args:
+        cell_kernels: `(gy, gx, kh, kw, C, F)`, the kernels at the summary cells
+            (`summary_cells`: 4 x 4, the corners included).
+        rgb: the layer's input is an RGB image: kernels drawn in colour.
+        similarity: optional `(gy, gx, G, S)` coefficients at the same cells:
+            each kernel tinted by its cell's nearest centroid (`color_coded_tiles`).
+
+    Each filter is one tile of its kernels at the summary cells, on its
+    strongest input channel (all three in colour for RGB), each kernel
+    min-max scaled on its own; the tiles of at most `SUMMARY_FILTERS` filters
+    are laid out in a near-square grid, `GAP` pixels apart, at
+    `MIN_PIXELS_PER_WEIGHT` pixels per weight.
+    """
+    sampled = cell_kernels[..., :SUMMARY_FILTERS]
+    if rgb:
+        tiles = kernel_tiles(sampled, rgb=True)[0]
+    elif similarity is None:
+        tiles = kernel_tiles(strongest_channel(sampled))[0]
+    else:
+        tiles = color_coded_tiles(strongest_channel(sampled), similarity[:, :, :SUMMARY_FILTERS])[0]
+    return filter_grid(upscale_tiles(tiles, MIN_PIXELS_PER_WEIGHT))
+
+
+def upscale_tiles(tiles: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of every tile of `(F, h, w[, 3])`."""
+    return tiles.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def centroid_maps(
+    similarity: np.ndarray, centroids: np.ndarray, scaling: float = 1.0, limit: int = 64
+) -> np.ndarray:
+    """`centroid_map` of every centroid set (filter) of a layer, up to `limit`, in one grid."""
+    groups = min(similarity.shape[2], limit)
+    maps = np.stack(
+        [centroid_map(similarity, centroids, scaling, group) for group in range(groups)]
+    )
+    factor = max(MIN_PIXELS_PER_WEIGHT, 112 // max(maps.shape[1:3]))
+    return filter_grid(upscale_tiles(maps, factor))

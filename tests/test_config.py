@@ -109,7 +109,7 @@ def test_the_lists_are_derived_from_the_declarations():
         "logdir", "n_epochs", "data_dir", "run_name", "resume", "quiet", "peer_timeout",
     }  # fmt: skip
     assert set(LEGACY_SETTINGS) == {
-        "lr_schedule", "warmup_epochs", "ema", "max_rotation", "max_zoom", "kcp_init",
+        "lr_schedule", "warmup_epochs", "ema", "max_rotation", "max_zoom", "kcp_init", "ema_warmup",
     }  # fmt: skip
     assert "n_epochs" in HPARAMS and not {"logdir", "data_dir", "quiet", "deterministic"} & set(
         HPARAMS

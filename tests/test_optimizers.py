@@ -114,3 +114,41 @@ def test_saved_model_reloads_with_its_optimizer_state(tmp_path):
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected)
         )
+
+
+def test_the_weight_average_warms_up_as_tensorflows_moving_average():
+    """With `ema_warmup`, step t averages with momentum min(m, (1 + t) / (10 + t)), the
+    first step copying the weights; checked against the same average kept in numpy."""
+    variable = keras.Variable(np.zeros(2, "float32"))
+    optimizer = FusedAdam(learning_rate=0.1, use_ema=True, ema_momentum=0.9, ema_warmup=True)
+    optimizer.build([variable])
+    average, momenta = None, []
+    for step in range(90):
+        optimizer.apply([np.array([1.0, -2.0], "float32")], [variable])
+        weights = keras.ops.convert_to_numpy(variable)
+        momentum = 0.0 if step == 0 else min(0.9, (1 + step) / (10 + step))
+        average = weights if average is None else momentum * average + (1 - momentum) * weights
+        momenta.append(momentum)
+        got = keras.ops.convert_to_numpy(optimizer._model_variables_moving_average[0])
+        np.testing.assert_allclose(got, average, rtol=1e-5, atol=1e-6)
+    assert momenta[1] == pytest.approx(2 / 11) and momenta[79] < 0.9 == momenta[80]  # the cap
+    assert float(keras.ops.convert_to_numpy(optimizer.ema_momentum_at(1000))) == pytest.approx(0.9)
+
+
+def test_without_warmup_the_average_is_keras_own():
+    plain = trained(keras.optimizers.Adam(use_ema=True, ema_momentum=0.9))
+    fused = trained(FusedAdam(use_ema=True, ema_momentum=0.9))
+    for got, expected in zip(fused.optimizer.variables, plain.optimizer.variables):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), rtol=1e-5,
+            atol=1e-6,
+        )  # fmt: skip
+
+
+def test_the_warmup_is_saved_and_a_model_saved_without_it_keeps_keras_average(tmp_path):
+    model = trained(FusedAdam(use_ema=True, ema_warmup=True))
+    model.save(tmp_path / "m.keras")
+    assert keras.models.load_model(tmp_path / "m.keras").optimizer.ema_warmup is True
+    config = FusedAdam(use_ema=True).get_config()
+    del config["ema_warmup"]  # as 0.3.1 saved it
+    assert FusedAdam.from_config(config).ema_warmup is False

@@ -130,24 +130,24 @@ def test_rgb_kernel_tiles_draw_each_kernel_as_one_colour_patch_scaled_across_cha
     assert grey[2, 0, 2, 2] == 1.0  # each channel scaled alone: blue's 1.0 is its maximum
 
 
-def test_bounded_picture_shrinks_the_enlargement_then_keeps_what_fits():
+def test_full_picture_folds_wide_grids_and_keeps_three_pixels_a_weight():
     small = np.ones((1, 24, 9, 9))
-    assert visualize.bounded_picture(small, 2).shape == (5 * 9 * 2, 5 * 9 * 2)  # folded, x2
+    assert visualize.full_picture(small).shape == (5 * 9 * 3, 5 * 9 * 3)  # folded 5 x 5
     wide = np.ones((24, 48, 21, 21))  # MNIST's second layer: 24 inputs x 48 filters
-    assert visualize.bounded_picture(wide, 2).shape == (24 * 21, 48 * 21)  # x2 would be 2016
+    assert visualize.full_picture(wide).shape == (24 * 21 * 3, 48 * 21 * 3)
     rgb_rows = np.arange(3 * 24 * 81 * 81, dtype=float).reshape(3, 24, 81, 81)  # 1944 px wide
-    picture = visualize.bounded_picture(rgb_rows, 1)
+    picture = visualize.full_picture(rgb_rows, max_side=4500)[::3, ::3]  # 1500 px at 1 px
     # 18 filters would fit a row; 11 a band make it square: bands of filters 0-10, 11-21,
     # 22-23, 3 rows each, a blank row between bands
     assert picture.shape == (11 * 81, 11 * 81)
     np.testing.assert_array_equal(picture[4 * 81 : 5 * 81, 81:162], rgb_rows[0, 12])
     assert (picture[3 * 81 : 4 * 81] == 0).all() and (picture[8 * 81 :, 2 * 81 :] == 0).all()
     huge = np.arange(100 * 200 * 21 * 21, dtype=float).reshape(100, 200, 21, 21)
-    picture = visualize.bounded_picture(huge, 2, max_side=1500)
-    assert picture.shape == (71 * 21, 71 * 21)  # 71 filters a band; the first 71 rows fit
-    np.testing.assert_array_equal(picture[-21:, -21:], huge[70, 70])
+    picture = visualize.full_picture(huge, max_side=4500)
+    assert picture.shape == (71 * 21 * 3, 71 * 21 * 3)  # 71 filters a band; 71 rows fit
+    np.testing.assert_array_equal(picture[-63::3, -63::3], huge[70, 70])
     rgb = np.ones((1, 64, 81, 81, 3))
-    assert visualize.bounded_picture(rgb, 1).shape == (8 * 81, 8 * 81, 3)
+    assert visualize.full_picture(rgb).shape == (8 * 81 * 3, 8 * 81 * 3, 3)
 
 
 def test_centroid_map_marks_centroids_and_colours_regions():
@@ -181,3 +181,67 @@ def test_single_row_mosaic_folds_into_a_near_square_grid():
     np.testing.assert_array_equal(picture[2:4, 0:3], images[0, 5])  # second row starts at image 5
     np.testing.assert_array_equal(picture[8:10, 9:12], images[0, 23])
     assert (picture[8:10, 12:15] == 0).all()  # the grid's unused last cell is blank
+
+
+def test_specialisation_is_zero_for_one_kernel_and_about_one_for_independent_kernels(rng):
+    kernel = rng.normal(size=(3, 3, 2, 4))
+    assert np.allclose(visualize.specialisation_map(np.broadcast_to(kernel, (5, 6, 3, 3, 2, 4))), 0)
+    independent = visualize.specialisation_map(rng.normal(size=(30, 30, 3, 3, 2, 4)))
+    assert independent.shape == (30, 30) and abs(independent.mean() - 1) < 0.05
+    assert np.all(visualize.specialisation_map(np.zeros((2, 2, 1, 1, 1, 1))) == 0)
+    # One cell's kernel doubled: it alone stands out.
+    cells = np.array(np.broadcast_to(kernel, (4, 4, 3, 3, 2, 4)))
+    cells[1, 2] *= 2
+    spread = visualize.specialisation_map(cells)
+    assert spread[1, 2] == spread.max() and np.allclose(np.delete(spread.ravel(), 6), spread[0, 0])
+
+
+def test_sws_specialisation_from_gram_matrices_equals_the_per_cell_computation(rng):
+    kcp = rng.normal(size=(3, 3, 2, 4, 5)).astype("float32")
+    for groups in (1, 4):
+        similarity = rng.random((6, 7, groups, 5)).astype("float32")
+        similarity /= similarity.sum(-1, keepdims=True)
+        direct = visualize.specialisation_map(visualize.weighted_kernels(kcp, similarity))
+        np.testing.assert_allclose(
+            visualize.sws_specialisation_map(kcp, similarity), direct, rtol=1e-4, atol=1e-6
+        )
+
+
+def test_heat_colours_run_from_viridis_dark_to_bright_and_clip():
+    colours = visualize.heat_colours(np.array([-1.0, 0.0, 0.5, 1.0, 3.0]))
+    np.testing.assert_allclose(colours[1], visualize.VIRIDIS_STOPS[0])
+    np.testing.assert_allclose(colours[3], visualize.VIRIDIS_STOPS[-1])
+    np.testing.assert_allclose(colours[2], visualize.VIRIDIS_STOPS[2])
+    np.testing.assert_allclose(colours[0], colours[1])
+    np.testing.assert_allclose(colours[4], colours[3])
+    assert np.all(np.diff(colours.sum(-1)[1:4]) > 0)  # brighter with the value
+
+
+def test_specialisation_picture_marks_centroids_and_has_its_scale_below():
+    values = np.zeros((28, 28), "float32")
+    picture = visualize.specialisation_picture(values, np.array([[[0.0, 1.0]]]), scaling=1.0)
+    factor = 224 // 28
+    assert picture.shape == (28 * factor + visualize.GAP + 8, 28 * factor, 3)
+    centre = (factor // 2, 27 * factor + factor // 2)  # (y, x) = (0, 1): top right
+    assert np.all(picture[centre] == 0) and np.all(picture[centre[0] + 2, centre[1]] == 1)
+    np.testing.assert_allclose(picture[-1, 0], visualize.VIRIDIS_STOPS[0])
+    np.testing.assert_allclose(picture[-1, -1], visualize.VIRIDIS_STOPS[-1])
+
+
+def test_summary_picture_draws_every_filter_at_the_corner_cells_three_pixels_a_weight(rng):
+    cells = rng.normal(size=(14, 14, 3, 3, 5, 7))
+    sampled = visualize.summary_cells(cells)
+    assert sampled.shape == (4, 4, 3, 3, 5, 7)
+    np.testing.assert_array_equal(sampled[3, 3], cells[13, 13])
+    np.testing.assert_array_equal(visualize.summary_indices(14), [0, 4, 9, 13])
+    np.testing.assert_array_equal(visualize.summary_indices(2), [0, 1])
+    picture = visualize.summary_picture(sampled)
+    side = (4 * 4 + 1) * 3  # 4 kernels of 3 + 1 px and a separator, 3 px a weight
+    assert picture.shape == (3 * (side + 3) + 3, 3 * (side + 3) + 3, 3)  # 7 filters: 3 x 3
+    np.testing.assert_allclose(picture[0, 0], visualize.GAP_COLOUR)
+    # Filter 0 on its strongest channel: cell (0, 0)'s kernel, scaled, each weight 3 x 3 px.
+    channel = int(np.abs(sampled[..., 0]).sum(axis=(0, 1, 2, 3)).argmax())
+    expected = visualize.scale_kernels(sampled[:1, :1, :, :, channel : channel + 1, :1])
+    block = picture[3 + 3 : 3 + 12, 3 + 3 : 3 + 12, 0]
+    np.testing.assert_allclose(block[::3, ::3], expected[0, 0, :, :, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(block[1::3, 2::3], expected[0, 0, :, :, 0, 0], atol=1e-6)

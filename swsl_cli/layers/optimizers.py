@@ -1,4 +1,4 @@
-"""Adam whose update is TensorFlow's fused kernel."""
+"""Adam whose update is TensorFlow's fused kernel, and whose weight average warms up."""
 
 from __future__ import annotations
 
@@ -20,7 +20,43 @@ class FusedAdam(keras.optimizers.Adam):
 
     Takes `keras.optimizers.Adam`'s arguments. Other backends, `amsgrad=True`
     and sparse gradients take Keras's own update.
+
+    Args:
+        ema_warmup: bool. With `use_ema`, the average's momentum at step `t`
+            is `min(ema_momentum, (1 + t) / (10 + t))`, the rule of
+            TensorFlow's `ExponentialMovingAverage(num_updates=t)`: the
+            average starts as the weights and follows them closely while they
+            change fast, so it holds little of the random start after a few
+            hundred steps (with `ema_momentum=0.99` the cap is reached at step
+            890). False (the default, and what models saved without the key
+            had): Keras's constant momentum from the second step on.
+        **kwargs: `keras.optimizers.Adam`'s arguments.
     """
+
+    def __init__(self, *args, ema_warmup: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ema_warmup = bool(ema_warmup)
+
+    def ema_momentum_at(self, step):
+        """The weight average's momentum at optimizer step `step` (0 at the first step)."""
+        step = ops.cast(step, "float32")
+        momentum = ops.convert_to_tensor(self.ema_momentum, "float32")
+        if self.ema_warmup:
+            momentum = ops.minimum(momentum, (1.0 + step) / (10.0 + step))
+        return ops.where(step > 0, momentum, 0.0)
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        # Keras's update (keras/src/optimizers/base_optimizer.py), with the warm-up.
+        if not (self.use_ema and self.ema_warmup):
+            return super()._update_model_variables_moving_average(trainable_variables)
+        momentum = self.ema_momentum_at(self.iterations)
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                typed = ops.cast(momentum, variable.dtype)
+                average.assign(typed * average + (1 - typed) * variable)
+
+    def get_config(self):
+        return {**super().get_config(), "ema_warmup": self.ema_warmup}
 
     def update_step(self, gradient, variable, learning_rate):
         if keras.backend.backend() != "tensorflow" or self.amsgrad:

@@ -353,6 +353,16 @@ class Config:
         metavar="MOMENTUM",
         legacy=0.0,
     )
+    ema_warmup: bool = setting(
+        True,
+        "With --ema: warm the average up, its momentum at step t being min(MOMENTUM, (1 + t) / "
+        "(10 + t)) as in TensorFlow's ExponentialMovingAverage, so that a short run's average "
+        "holds little of the random start; --no-ema_warmup: the momentum from the first step",
+        kind=bool,
+        negatable=True,
+        legacy=False,
+        applies=lambda config: config.ema > 0,
+    )
     max_shift: int = setting(
         2,
         "Training augmentation: random shifts of up to this many pixels per axis (0 turns it "

@@ -1,14 +1,18 @@
-"""TensorBoard summaries, HParams and PNG export of the convolution layers.
+"""TensorBoard events and PNG pictures of a run.
 
-Scalars and weight histograms come from `keras.callbacks.TensorBoard` (runs
-`train` and `validation`); the layer pictures, centroids, gradients and
-activations are written here under the run `layers`, one step per epoch; the
-run's flags and final metrics go to the run folder itself for the HParams tab.
-
-Every kernel layer (`SoftWeightSharingConv2D`, `Conv2D`, and any layer with a
-`local_kernels()` method returning its per-cell kernels `(H', W', kh, kw, C, F)`,
-such as a locally connected layer) gets the same kernel picture, so that runs
-of `--layer sws`, `conv` and `local` can be compared side by side.
+Everything of one run goes to one event stream in the run folder itself, so
+TensorBoard lists each run once and shows its train and test curves in one
+colour. Scalars are grouped by what they measure, one card per split:
+`loss/train`, `loss/test`, `accuracy/train`, `accuracy/test` (`validation`
+instead of `test` with `--val_split`), then `learning_rate`,
+`speed/images_per_second` and `specialisation/<layer>`, one point per epoch
+(step = the epoch number). Each kernel layer (`SoftWeightSharingConv2D`,
+`Conv2D`, and any layer with `local_kernels()`, as `LocallyConnected2D`) gets
+the same pictures under its name: `kernels` (the kernel seen at 4 x 4 cells,
+per filter) and `specialisation` (where and how much the kernel differs from
+the layer's mean kernel), and for SWS `centroids`. The run's settings are its
+HParams; its final figures are in `metrics.json` and, as the last points of
+those curves, in the HParams tab.
 """
 
 from __future__ import annotations
@@ -19,37 +23,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hp
-from tensorboard.plugins.hparams import plugin_data_pb2
 
 from swsl_cli import visualize
 from swsl_cli.layers import SoftWeightSharingConv2D
 from swsl_cli.runner import runs
-from swsl_cli.runner.config import DECLARATIONS, HPARAMS, KEY_HPARAMS, Config
-
-LAYERS_RUN = "layers"
-# Exported kernels are enlarged to about 8 pixels per weight (as far as MAX_SIDE allows).
-PIXELS_PER_WEIGHT = 8
-CENTROID_MAP_SIDE = 224  # pixels, about, of the exported centroid map
-LEGEND_SIDE = 112  # pixels, about, of the TensorBoard legend
-
-# The HParams tab's metric columns: (group, tag) -> title. Group "" is the run
-# folder itself (written by `write_final_metrics`); `train` and `validation`
-# are Keras's TensorBoard runs, whose last epoch's value is shown, so that
-# runs still training have numbers too.
-FINAL_METRICS = {
-    "test_accuracy": "test accuracy",
-    "test_loss": "test loss",
-    "best_val_accuracy": "best validation accuracy",
-    "parameters": "parameters",
-    "images_per_second": "images/s (mean over epochs)",
-}
-EPOCH_METRICS = {
-    ("validation", "epoch_accuracy"): "validation accuracy (last epoch)",
-    ("validation", "epoch_loss"): "validation loss (last epoch)",
-    ("train", "epoch_loss"): "train loss (last epoch)",
-}
+from swsl_cli.runner.config import HPARAMS, Config
 
 
 @dataclass(frozen=True)
@@ -57,18 +36,23 @@ class LayerView:
     """What one kernel layer's pictures are drawn from, as numpy.
 
     Attributes:
-        name: the layer's name (the PNG prefix and the TensorBoard scope).
+        name: the layer's name (the PNG prefix and the TensorBoard group).
         cell_kernels: `(gy, gx, kh, kw, C, F)` kernels at every `step`-th output cell.
+        summary_kernels: `(4, 4, kh, kw, C, F)` kernels at the summary cells
+            (`visualize.summary_cells`: the corners and two cells between).
+        specialisation: `(H', W')`, `visualize.specialisation_map` of every cell.
         rgb: the layer sees the red, green and blue channels of the input images.
+        step: the cell sampling step of `cell_kernels`.
         similarity: SWS only: `(H', W', G, S)` similarity map, every cell.
         centroids: SWS only: `(G, S, 2)` centroid positions.
         kcp_kernels: SWS only: `(kh, kw, C, F, S)` KCP kernels.
         scaling: SWS only: the side of the centroids' coordinate square.
-        step: the cell sampling step of `cell_kernels`.
     """
 
     name: str
     cell_kernels: np.ndarray
+    summary_kernels: np.ndarray
+    specialisation: np.ndarray
     rgb: bool
     step: int
     similarity: np.ndarray | None = None
@@ -78,9 +62,11 @@ class LayerView:
 
     @property
     def sampled_similarity(self) -> np.ndarray | None:
-        if self.similarity is None:
-            return None
-        return visualize.sample_cells(self.similarity, self.step)
+        return None if self.similarity is None else self.similarity[:: self.step, :: self.step]
+
+    @property
+    def summary_similarity(self) -> np.ndarray | None:
+        return None if self.similarity is None else visualize.summary_cells(self.similarity)
 
 
 def is_kernel_layer(layer) -> bool:
@@ -91,10 +77,11 @@ def is_kernel_layer(layer) -> bool:
 
 
 def layer_view(layer, rgb: bool = False) -> LayerView:
-    """The per-cell kernels (sampled) and, for SWS, the centroids of one kernel layer.
+    """The per-cell kernels (sampled), the specialisation map and, for SWS, the centroids.
 
-    SWS kernels are mixed only at the sampled cells, and a Conv2D kernel is a
-    broadcast view, so a large output costs no memory.
+    SWS kernels are mixed only at the drawn cells (its specialisation comes
+    from the KCP kernels' Gram matrices), and a Conv2D kernel is a broadcast
+    view, so a large output costs little memory.
     """
     if isinstance(layer, SoftWeightSharingConv2D):
         kcp = layer.kcp_kernels()
@@ -103,6 +90,8 @@ def layer_view(layer, rgb: bool = False) -> LayerView:
         return LayerView(
             name=layer.name,
             cell_kernels=visualize.weighted_kernels(kcp, similarity[::step, ::step]),
+            summary_kernels=visualize.weighted_kernels(kcp, visualize.summary_cells(similarity)),
+            specialisation=visualize.sws_specialisation_map(kcp, similarity),
             rgb=rgb,
             step=step,
             similarity=similarity,
@@ -113,12 +102,22 @@ def layer_view(layer, rgb: bool = False) -> LayerView:
     if hasattr(layer, "local_kernels"):
         kernels = np.asarray(layer.local_kernels())
         step = visualize.sample_step(*kernels.shape[:2])
-        return LayerView(layer.name, kernels[::step, ::step], rgb, step)
+        return LayerView(
+            layer.name,
+            kernels[::step, ::step],
+            visualize.summary_cells(kernels),
+            visualize.specialisation_map(kernels),
+            rgb,
+            step,
+        )
     rows, cols = layer.output.shape[1:3]
     step = visualize.sample_step(rows, cols)
     kernel = keras.ops.convert_to_numpy(layer.kernel)
-    cells = visualize.shared_kernels(kernel, len(range(0, rows, step)), len(range(0, cols, step)))
-    return LayerView(layer.name, cells, rgb, step)
+    sampled = visualize.shared_kernels(kernel, len(range(0, rows, step)), len(range(0, cols, step)))
+    summary = visualize.shared_kernels(
+        kernel, len(visualize.summary_indices(rows)), len(visualize.summary_indices(cols))
+    )
+    return LayerView(layer.name, sampled, summary, np.zeros((rows, cols), np.float32), rgb, step)
 
 
 def layer_views(model: keras.Model) -> list[LayerView]:
@@ -132,54 +131,46 @@ def layer_views(model: keras.Model) -> list[LayerView]:
 
 
 def layer_pictures(view: LayerView, color_coding: bool) -> dict[str, np.ndarray]:
-    """The TensorBoard pictures of one kernel layer, as float images in [0, 1].
+    """The TensorBoard pictures of one kernel layer, RGB float images `(h, w, 3)` in [0, 1].
 
-    Returns a dict of tag -> array: `weighted_kernels` `(F, h, w, 1)` (input
-    channel 0, one image per filter; `(F, h, w, 3)` colour kernels for an RGB
-    input); for SWS layers also `centroids` `(G, H', W', 3)`, and with
-    `color_coding` `weighted_kernels_color` `(F, h, w, 3)` and `legend`.
+    `kernels` (`visualize.summary_picture`) and `specialisation` for every
+    kernel layer; for SWS layers also `centroids` (each cell coloured by its
+    nearest centroid, one map per centroid set) and, with `color_coding`,
+    `kernels_color` (the kernels tinted by their cell's nearest centroid).
     """
-    tiles = visualize.kernel_tiles(view.cell_kernels, view.rgb)[0]
-    pictures = {"weighted_kernels": tiles if view.rgb else tiles[..., None]}
+    pictures = {
+        "kernels": visualize.summary_picture(view.summary_kernels, view.rgb),
+        "specialisation": visualize.specialisation_picture(
+            view.specialisation, view.centroids, view.scaling
+        ),
+    }
     if view.similarity is None:
         return pictures
-    pictures["centroids"] = np.stack(
-        [
-            visualize.centroid_map(view.similarity, view.centroids, view.scaling, group)
-            for group in range(view.similarity.shape[2])
-        ]
-    )
+    pictures["centroids"] = visualize.centroid_maps(view.similarity, view.centroids, view.scaling)
     if color_coding:
-        pictures["weighted_kernels_color"] = visualize.color_coded_tiles(
-            view.cell_kernels, view.sampled_similarity
-        )[0]
-        factor = max(1, LEGEND_SIDE // len(view.similarity))
-        pictures["legend"] = visualize.upscale(pictures["centroids"][0], factor)[None]
+        pictures["kernels_color"] = visualize.summary_picture(
+            view.summary_kernels, similarity=view.summary_similarity
+        )
     return pictures
 
 
 def png_pictures(view: LayerView, color_coding: bool) -> dict[str, np.ndarray]:
-    """The exported pictures of one kernel layer, each at most `visualize.MAX_SIDE` a side.
+    """The exported pictures of one kernel layer: the TensorBoard ones, plus the full detail.
 
-    `weighted` (rows: input channels, columns: filters; one colour tile per
-    filter for an RGB input) for every kernel layer; for SWS layers also `kcp`
-    (rows: KCPs x input channels), `centroids`, and with colour coding
-    `weighted_color`.
+    `kernels_full`: every sampled cell's kernel for every input channel (rows)
+    and filter (columns; one colour tile per filter for an RGB input); for SWS
+    also `kcp` (each KCP's own kernel: rows KCPs x input channels, columns
+    filters) and, with colour coding, `kernels_color_full`.
     """
-    factor = max(1, PIXELS_PER_WEIGHT // view.cell_kernels.shape[2])
+    pictures = layer_pictures(view, color_coding)
     tiles = visualize.kernel_tiles(view.cell_kernels, view.rgb)
-    pictures = {"weighted": visualize.bounded_picture(tiles, factor)}
+    pictures["kernels_full"] = visualize.full_picture(tiles)
     if view.similarity is None:
         return pictures
-    pictures["kcp"] = visualize.bounded_picture(visualize.kcp_tiles(view.kcp_kernels), factor)
+    pictures["kcp"] = visualize.full_picture(visualize.kcp_tiles(view.kcp_kernels))
     if color_coding:
         colored = visualize.color_coded_tiles(view.cell_kernels, view.sampled_similarity)
-        pictures["weighted_color"] = visualize.bounded_picture(colored, factor)
-    # The centroid map has one pixel per output cell: enlarge it to about 224 pixels.
-    centroid_map = visualize.centroid_map(view.similarity, view.centroids, view.scaling)
-    pictures["centroids"] = visualize.upscale(
-        centroid_map, max(1, CENTROID_MAP_SIDE // len(centroid_map))
-    )
+        pictures["kernels_color_full"] = visualize.full_picture(colored)
     return pictures
 
 
@@ -210,11 +201,12 @@ def export_kernel_pngs(model: keras.Model, folder: Path, color_coding: bool) -> 
     return written
 
 
-def hparam_values(config: Config) -> dict[str, bool | int | float | str]:
+def hparam_values(config: Config, parameters: int | None = None) -> dict:
     """A run's settings as HParams values: pairs as `"24 48"`, unset values as `"none"`.
 
     Only the settings of `HPARAMS` (what the run is, not where it is) that
-    apply to this run: a conv run has no centroid grid.
+    apply to this run: a conv run has no centroid grid. `parameters`, the
+    model's size, is shown beside them.
     """
 
     def value(item):
@@ -224,57 +216,138 @@ def hparam_values(config: Config) -> dict[str, bool | int | float | str]:
             return " ".join(str(part) for part in item)
         return item
 
-    return {name: value(getattr(config, name)) for name in HPARAMS if config.applies(name)}
+    values = {name: value(getattr(config, name)) for name in HPARAMS if config.applies(name)}
+    if parameters is not None:
+        values["parameters"] = int(parameters)
+    return values
 
 
-def experiment_summary() -> summary_pb2.Summary:
-    """The HParams experiment description: one column per setting of `HPARAMS`, the metrics.
+def evaluation_split(config: Config) -> str:
+    """The name of the split each epoch is evaluated on: `validation` or, by default, `test`."""
+    return "validation" if config.val_split else "test"
 
-    The same for every run, whichever settings apply to it. Boolean settings
-    get their domain (so the tab can filter on them); the others are left
-    without one, as their values vary from run to run. TensorBoard shows the
-    first five hparams marked `differs` by default: the settings of
-    `KEY_HPARAMS` are marked so, to be in view when the tab opens.
+
+class RunSummaries:
+    """The TensorBoard events of one run, written into its folder (one entry in the run list).
+
+    HParams: the run's settings, written once; TensorBoard's HParams tab infers
+    the columns from every run of the logdir, so the settings that differ
+    between runs are the ones it shows first, and its metric columns are the
+    last values of each run's scalars.
     """
-    hparams = [
-        hp.HParam(name, hp.Discrete([False, True]) if DECLARATIONS[name].kind is bool else None)
-        for name in sorted(HPARAMS)
-    ]
-    metrics = [hp.Metric(tag, display_name=title) for tag, title in FINAL_METRICS.items()]
-    metrics += [
-        hp.Metric(tag, group=group, display_name=title)
-        for (group, tag), title in EPOCH_METRICS.items()
-    ]
-    summary = hp.hparams_config_pb(hparams=hparams, metrics=metrics)
-    plugin_data = summary.value[0].metadata.plugin_data
-    content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
-    for info in content.experiment.hparam_infos:
-        info.differs = info.name in KEY_HPARAMS
-    plugin_data.content = content.SerializeToString()
-    return summary
+
+    def __init__(self, run_root: Path, config: Config):
+        self.writer = tf.summary.create_file_writer(str(run_root))
+        self.evaluation = evaluation_split(config)
+
+    def hparams(self, config: Config, parameters: int, run_name: str) -> None:
+        """The run's settings and size; `run_name` is the trial id, so equal settings stay two rows."""
+        with self.writer.as_default():
+            hp.hparams(hparam_values(config, parameters), trial_id=run_name)
+        self.writer.flush()
+
+    def epoch(self, step: int, metrics: dict, learning_rate: float) -> None:
+        """One completed epoch's scalars: `metrics` as `metrics.json` records them."""
+        tags = {
+            "loss": "loss/train",
+            "accuracy": "accuracy/train",
+            "val_loss": f"loss/{self.evaluation}",
+            "val_accuracy": f"accuracy/{self.evaluation}",
+            "images_per_second": "speed/images_per_second",
+        }
+        with self.writer.as_default(step=step):
+            for name, tag in tags.items():
+                if name in metrics:
+                    tf.summary.scalar(tag, metrics[name])
+            tf.summary.scalar("learning_rate", learning_rate)
+        self.writer.flush()
+
+    def final(self, step: int, test_loss: float, test_accuracy: float) -> None:
+        """The test split's figures, when the epochs were evaluated on another split:
+        one point each at the last epoch (the test split is evaluated once, at the end)."""
+        if self.evaluation == "test":
+            return  # the last epoch's test points are these figures already
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("loss/test", test_loss)
+            tf.summary.scalar("accuracy/test", test_accuracy)
+        self.writer.flush()
+
+    def layers(self, model: keras.Model, step: int, color_coding: bool) -> None:
+        """Every kernel layer's pictures and specialisation, and the SWS centroids."""
+        with self.writer.as_default(step=step):
+            for view in layer_views(model):
+                with tf.name_scope(view.name):
+                    for tag, image in layer_pictures(view, color_coding).items():
+                        tf.summary.image(tag, image[None], max_outputs=1)
+                    if view.centroids is not None:
+                        tf.summary.histogram("centroid_y", view.centroids[..., 0])
+                        tf.summary.histogram("centroid_x", view.centroids[..., 1])
+                tf.summary.scalar(f"specialisation/{view.name}", float(view.specialisation.mean()))
+
+    def weights(self, model: keras.Model, step: int) -> None:
+        with self.writer.as_default(step=step), tf.name_scope("weights"):
+            for variable in model.trainable_variables:
+                tf.summary.histogram(variable.path.replace("/", "."), variable)
+
+    def gradients(self, model: keras.Model, probe_batch, step: int) -> None:
+        """Gradient histograms of a fixed probe batch."""
+        images, labels = probe_batch
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            predictions = model(images, training=False)
+            loss = keras.losses.sparse_categorical_crossentropy(labels, predictions)
+            loss = tf.reduce_mean(loss)
+        gradients = tape.gradient(loss, variables)
+        with self.writer.as_default(step=step), tf.name_scope("gradients"):
+            for variable, gradient in zip(variables, gradients):
+                if gradient is not None:
+                    tf.summary.histogram(variable.path.replace("/", "."), gradient)
+
+    def activations(self, model: keras.Model, probe_images, step: int) -> None:
+        """Activation histograms and sparsity of every layer on the probe batch."""
+        probe = keras.Model(model.input, [layer.output for layer in model.layers[1:]])
+        with self.writer.as_default(step=step), tf.name_scope("activations"):
+            for layer, output in zip(model.layers[1:], probe(probe_images)):
+                tf.summary.histogram(layer.name, output)
+                tf.summary.scalar(
+                    f"{layer.name}_sparsity", tf.reduce_mean(tf.cast(output == 0, tf.float32))
+                )
+
+    def close(self) -> None:
+        self.writer.close()
 
 
-def write_hparams(run_root: Path, config: Config) -> None:
-    """Records a run's flags for TensorBoard's HParams tab, in the run folder itself.
+class LayerSummaries(keras.callbacks.Callback):
+    """Writes the kernel layers' pictures every epoch, and per `log_verbosity` more.
 
-    Every run writes the same experiment description (`experiment_summary`),
-    so the tab lists all runs of a logdir side by side; the run folder's name
-    is the trial id, so that two runs with equal flags stay two rows. Call it
-    once per start (a resumed run writing it again is harmless: the values
-    are the same).
+    verbosity 0: pictures, specialisation and centroids; 1: + gradient
+    histograms of a fixed probe batch; 2: + weight histograms; 3: +
+    activation histograms and sparsity of every layer.
     """
-    values = hparam_values(config)
-    writer = tf.summary.create_file_writer(str(run_root))
-    with writer.as_default():
-        tf.summary.experimental.write_raw_pb(experiment_summary().SerializeToString(), step=0)
-        hp.hparams(values, trial_id=Path(run_root).name)
-    writer.close()
+
+    def __init__(self, summaries: RunSummaries, color_coding: bool, verbosity: int, probe_batch):
+        super().__init__()
+        self.summaries = summaries
+        self.color_coding = color_coding
+        self.verbosity = verbosity
+        self.probe_batch = probe_batch
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = epoch + 1
+        self.summaries.layers(self.model, step, self.color_coding)
+        if self.verbosity >= 1:
+            self.summaries.gradients(self.model, self.probe_batch, step)
+        if self.verbosity >= 2:
+            self.summaries.weights(self.model, step)
+        if self.verbosity >= 3:
+            self.summaries.activations(self.model, self.probe_batch[0], step)
+        self.summaries.writer.flush()
 
 
-def hparams_metrics(
+def final_metrics(
     epochs: list[dict], test_loss: float, test_accuracy: float, parameters: int
 ) -> dict[str, float | int | None]:
-    """The final metrics of a run from its `metrics.json` epoch records and its test result.
+    """The final figures of a run for `metrics.json`, from its epoch records and test result.
 
     `best_val_accuracy` is the highest `val_accuracy` of any epoch and
     `images_per_second` the mean over epochs (None without epochs).
@@ -288,89 +361,3 @@ def hparams_metrics(
         "parameters": int(parameters),
         "images_per_second": sum(speeds) / len(speeds) if speeds else None,
     }
-
-
-def write_final_metrics(run_root: Path, metrics: dict, step: int) -> None:
-    """Writes a run's final metrics (keys of `FINAL_METRICS`) as scalars beside its HParams.
-
-    `step` is the number of epochs trained; None values are skipped.
-    """
-    unknown = sorted(set(metrics) - set(FINAL_METRICS))
-    if unknown:
-        raise ValueError(
-            f"Expected metrics among {sorted(FINAL_METRICS)}. Received unknown {unknown}."
-        )
-    writer = tf.summary.create_file_writer(str(run_root))
-    with writer.as_default(step=step):
-        for tag, value in metrics.items():
-            if value is not None:
-                tf.summary.scalar(tag, float(value))
-    writer.close()
-
-
-class LayerSummaries(keras.callbacks.Callback):
-    """Writes the kernel layers' pictures every epoch, and per `log_verbosity` more.
-
-    verbosity 0: kernel images (every kernel layer) and centroids (SWS); 1: + gradient histograms of a
-    fixed probe batch; 3: + activation histograms of every layer. (Weight
-    histograms, verbosity 2, come from `keras.callbacks.TensorBoard`.)
-    """
-
-    def __init__(self, log_dir: Path, color_coding: bool, verbosity: int, probe_batch):
-        super().__init__()
-        self.writer = tf.summary.create_file_writer(str(log_dir / LAYERS_RUN))
-        self.color_coding = color_coding
-        self.verbosity = verbosity
-        self.probe_images, self.probe_labels = probe_batch
-
-    def on_epoch_end(self, epoch, logs=None):
-        with self.writer.as_default(step=epoch):
-            for view in layer_views(self.model):
-                self._write_layer(view)
-            if self.verbosity >= 1:
-                self._write_gradients()
-            if self.verbosity >= 3:
-                self._write_activations()
-        self.writer.flush()
-
-    def _write_layer(self, view: LayerView):
-        with tf.name_scope(view.name):
-            for tag, images in layer_pictures(view, self.color_coding).items():
-                tf.summary.image(tag, images, max_outputs=len(images))
-            if view.centroids is not None:
-                tf.summary.histogram("centroid_y", view.centroids[..., 0])
-                tf.summary.histogram("centroid_x", view.centroids[..., 1])
-
-    def _write_gradients(self):
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            predictions = self.model(self.probe_images, training=False)
-            loss = keras.losses.sparse_categorical_crossentropy(self.probe_labels, predictions)
-            loss = tf.reduce_mean(loss)
-        gradients = tape.gradient(loss, variables)
-        with tf.name_scope("gradients"):
-            for variable, gradient in zip(variables, gradients):
-                if gradient is not None:
-                    tf.summary.histogram(variable.path.replace("/", "."), gradient)
-
-    def _write_activations(self):
-        probe = keras.Model(self.model.input, [layer.output for layer in self.model.layers[1:]])
-        with tf.name_scope("activations"):
-            for layer, output in zip(self.model.layers[1:], probe(self.probe_images)):
-                tf.summary.histogram(layer.name, output)
-                tf.summary.scalar(
-                    f"{layer.name}_sparsity", tf.reduce_mean(tf.cast(output == 0, tf.float32))
-                )
-
-    def on_train_end(self, logs=None):
-        self.writer.close()
-
-
-def tensorboard_callback(log_dir: Path, verbosity: int) -> keras.callbacks.TensorBoard:
-    """Keras's own TensorBoard callback: loss/accuracy per epoch, weights at verbosity >= 2."""
-    return keras.callbacks.TensorBoard(
-        log_dir=str(log_dir),
-        histogram_freq=1 if verbosity >= 2 else 0,
-        write_graph=False,
-        update_freq="epoch",
-    )

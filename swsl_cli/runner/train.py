@@ -71,11 +71,9 @@ from swsl_cli.runner.model import augments_itself, build_model, parameter_counts
 from swsl_cli.runner.progress import ProgressBar  # noqa: E402
 from swsl_cli.runner.summaries import (  # noqa: E402
     LayerSummaries,
+    RunSummaries,
     export_kernel_pngs,
-    hparams_metrics,
-    tensorboard_callback,
-    write_final_metrics,
-    write_hparams,
+    final_metrics,
 )
 
 
@@ -103,6 +101,7 @@ class Session:
     checkpoint: runs.Checkpoint | None
     fresh: bool  # the run folder was created by this process
     data_fingerprint: str
+    summaries: RunSummaries
 
     @property
     def replicas(self) -> int:
@@ -238,6 +237,8 @@ class EpochRecorder(keras.callbacks.Callback):
         )
         record.epochs.append(entry)  # once saved: metrics.json lists what --resume keeps
         record.write(status="running")
+        learning_rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        session.summaries.epoch(epoch + 1, entry, float(learning_rate))
         session.console.line(
             epoch_line(epoch + 1, session.config.n_epochs, entry, seconds, self.images)
         )
@@ -300,6 +301,7 @@ def compile_model(model: keras.Model, config: Config, steps: int, jit: bool) -> 
         learning_rate_schedule(config, steps),
         use_ema=config.ema > 0,
         ema_momentum=config.ema or 0.99,
+        ema_warmup=config.ema_warmup,
     )
     model.compile(
         optimizer=optimizer,
@@ -329,6 +331,8 @@ def prepare(opened: runs.OpenedRun, stack: contextlib.ExitStack, console: Consol
         run.write_config(config)
     else:
         run = opened.create(stack)
+    summaries = RunSummaries(run.root, config)
+    stack.callback(summaries.close)
     session = Session(
         opened.config,
         run,
@@ -341,6 +345,7 @@ def prepare(opened: runs.OpenedRun, stack: contextlib.ExitStack, console: Consol
         opened.checkpoint,
         fresh=not opened.resumed,
         data_fingerprint=fingerprint,
+        summaries=summaries,
     )
     console.line(
         f"device: {device}; strategy {config.distribute} with {session.replicas} replica(s); "
@@ -397,8 +402,7 @@ def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
         StopOnRequest(record),
         EpochSeededRandomness(),
         progress,
-        tensorboard_callback(session.run.root, config.log_verbosity),
-        LayerSummaries(session.run.root, config.color_coding, config.log_verbosity, probe),
+        LayerSummaries(session.summaries, config.color_coding, config.log_verbosity, probe),
         EpochRecorder(record),
     ]
     if config.ema:  # validate with the averaged weights; checkpoints keep both
@@ -457,8 +461,8 @@ def finish(session: Session, model: keras.Model, record: RunRecord) -> None:
         session.console.line(f"final weights: sha256 {distribute.weights_digest(model)}")
     session.run.save_model(model.save)
     export_kernel_pngs(model, session.run.kernel_images, session.config.color_coding)
-    final = hparams_metrics(record.epochs, test_loss, test_accuracy, record.parameters["total"])
-    write_final_metrics(session.run.root, final, step=len(record.epochs))
+    final = final_metrics(record.epochs, test_loss, test_accuracy, record.parameters["total"])
+    session.summaries.final(len(record.epochs), float(test_loss), float(test_accuracy))
     record.write(
         status="completed",
         test_loss=float(test_loss),
@@ -556,7 +560,9 @@ def phases(session: Session) -> int:
             phase = "while training"
             record.write(status="running")
             if session.fresh:
-                write_hparams(session.run.root, session.config)
+                session.summaries.hparams(
+                    session.config, record.parameters["total"], session.run.root.name
+                )
             fit(session, model, record)
             record.signal_name = distribute.signal_on_any_worker(  # multi-worker
                 session.strategy, record.signal_name
