@@ -48,10 +48,10 @@ def has_kernel_images(run_dir: Path) -> bool:
     """Whether the run's `layers` events hold kernel images of both SWS layers."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(run_dir / "layers"), size_guidance={"tensors": 0})
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     accumulator.Reload()
     tags = accumulator.Tags()["tensors"]
-    return all(f"sws{i}/weighted_kernels" in tags for i in (1, 2))
+    return all(f"sws{i}/kernels" in tags for i in (1, 2))
 
 
 def available_layers() -> tuple[str, ...]:

@@ -364,7 +364,11 @@ def sws_specialisation_map(kcp_kernels: np.ndarray, similarity: np.ndarray) -> n
 
 
 def heat_colours(values: np.ndarray, high: float = 1.0) -> np.ndarray:
-    """`values` in `[0, high]` (clipped) as viridis RGB, shape `(*values.shape, 3)`."""
+    """`values` in `[0, high]` (clipped) as viridis RGB, shape `(*values.shape, 3)`.
+
+    Non-finite values (weights gone to NaN) show as 0.
+    """
+    values = np.nan_to_num(np.asarray(values, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     position = np.clip(values / high, 0.0, 1.0) * (len(VIRIDIS_STOPS) - 1)
     low = np.minimum(position.astype(int), len(VIRIDIS_STOPS) - 2)
     weight = (position - low)[..., None]

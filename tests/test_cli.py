@@ -192,7 +192,17 @@ def test_multi_worker_without_tf_config_is_a_usage_error(monkeypatch):
         parse_args(["--distribute", "multi_worker"])
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--n_filters", "1"], ["--version"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--n_filters", "1"],
+        ["--version"],
+        ["--data_dir", "/nonexistent/mnist.npz"],
+        ["--resume", "--logdir", "/nonexistent/runs"],
+        ["--logdir", "/dev/null/runs"],
+    ],
+)
 def test_help_and_refusals_never_import_tensorflow(argv):
     # -X importtime lists every module the command imports, on stderr.
     result = subprocess.run(
@@ -205,7 +215,8 @@ def test_help_and_refusals_never_import_tensorflow(argv):
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "swsl_cli.runner.cli" in imported
     assert not imported & {"tensorflow", "keras", "tensorflow_datasets"}
-    assert result.returncode in (0, 2)
+    assert result.returncode in (0, 1, 2)
+    assert result.returncode == 0 or "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

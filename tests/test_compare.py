@@ -60,6 +60,7 @@ def logdir(tmp_path):
         {"status": "interrupted", "epochs": epochs(900.0), "parameters": 4321},
         n_epochs=10,
         n_centroids=13,
+        centroids_trainable=True,
     )
     make_run(logdir, "d-startup-failed", n_epochs=3)
     damaged = make_run(logdir, "e-damaged", {}, n_epochs=4)
@@ -79,17 +80,17 @@ def test_table_lists_every_run_by_name_with_aligned_columns(logdir):
     status, out, err = compare_output(logdir)
     assert status == 0
     assert out.splitlines() == [
-        "run               dataset  layer  centroids     params  epochs  test_accuracy  "
+        "run               dataset  layer  centroids               params  epochs  test_accuracy  "
         "images_per_s  status",
-        "a-sws             mnist    sws    2x2                -     2/2         0.9877  "
+        "a-sws             mnist    sws    2x2                          -     2/2         0.9877  "
         "        1100  completed",
-        "b-conv            cifar10  conv   -          1,234,567     1/1         0.5000  "
+        "b-conv            cifar10  conv   -                    1,234,567     1/1         0.5000  "
         "        5000  completed",
-        "c-random          mnist    sws    13 random      4,321    1/10              -  "
+        "c-random          mnist    sws    13 random trainable      4,321    1/10              -  "
         "         900  interrupted",
-        "d-startup-failed  mnist    sws    2x2                -       -              -  "
+        "d-startup-failed  mnist    sws    2x2                          -       -              -  "
         "           -  not started",
-        "e-damaged         mnist    sws    2x2                -       -              -  "
+        "e-damaged         mnist    sws    2x2                          -       -              -  "
         "           -  damaged",
     ]
     (line,) = err.splitlines()  # one line for the damaged file
@@ -110,7 +111,7 @@ def test_csv_keeps_exact_numbers_and_leaves_gaps_empty(logdir):
     assert rows[0]["test_accuracy"] == "0.98765" and rows[0]["images_per_s"] == "1100.0"
     assert rows[1]["params"] == "1234567" and rows[1]["dataset"] == "cifar10"
     assert rows[2]["epochs"] == "1" and rows[2]["epochs_planned"] == "10"
-    assert rows[2]["centroids"] == "13 random" and rows[2]["test_accuracy"] == ""
+    assert rows[2]["centroids"] == "13 random trainable" and rows[2]["test_accuracy"] == ""
     assert rows[4]["status"] == "damaged" and rows[4]["epochs_planned"] == "4"
 
 

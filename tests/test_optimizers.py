@@ -117,21 +117,21 @@ def test_saved_model_reloads_with_its_optimizer_state(tmp_path):
 
 
 def test_the_weight_average_warms_up_as_tensorflows_moving_average():
-    """With `ema_warmup`, step t averages with momentum min(m, (1 + t) / (10 + t)), the
+    """With `ema_warmup`, step t averages with momentum min(m, (1 + t) / (20 + t)), the
     first step copying the weights; checked against the same average kept in numpy."""
     variable = keras.Variable(np.zeros(2, "float32"))
     optimizer = FusedAdam(learning_rate=0.1, use_ema=True, ema_momentum=0.9, ema_warmup=True)
     optimizer.build([variable])
     average, momenta = None, []
-    for step in range(90):
+    for step in range(180):
         optimizer.apply([np.array([1.0, -2.0], "float32")], [variable])
         weights = keras.ops.convert_to_numpy(variable)
-        momentum = 0.0 if step == 0 else min(0.9, (1 + step) / (10 + step))
+        momentum = 0.0 if step == 0 else min(0.9, (1 + step) / (20 + step))
         average = weights if average is None else momentum * average + (1 - momentum) * weights
         momenta.append(momentum)
         got = keras.ops.convert_to_numpy(optimizer._model_variables_moving_average[0])
         np.testing.assert_allclose(got, average, rtol=1e-5, atol=1e-6)
-    assert momenta[1] == pytest.approx(2 / 11) and momenta[79] < 0.9 == momenta[80]  # the cap
+    assert momenta[1] == pytest.approx(2 / 21) and momenta[169] < 0.9 == momenta[170]  # the cap
     assert float(keras.ops.convert_to_numpy(optimizer.ema_momentum_at(1000))) == pytest.approx(0.9)
 
 

@@ -156,7 +156,9 @@ def test_rgb_input_is_drawn_in_colour_and_every_picture_is_legible(tmp_path):
     # 64 x 64 cells sampled every 7th: 10 x 10 kernels of 7 + 1 px; 24 filters in 5 x 5.
     assert shapes["sws1_kernels_full.png"] == (5 * 81 * 3, 5 * 81 * 3, 3)
     assert shapes["sws1_specialisation.png"][1] == 64 * 3  # 3 px a cell
-    assert all(len(shape) == 3 and max(shape[:2]) <= visualize.MAX_SIDE for shape in shapes.values())
+    assert all(
+        len(shape) == 3 and max(shape[:2]) <= visualize.MAX_SIDE for shape in shapes.values()
+    )
     assert max(shapes["sws1_kernels.png"][:2] + shapes["conv2_kernels.png"][:2]) <= 600
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from swsl_cli.layers.optimizers import FusedAdam
 from swsl_cli.runner import data, train
@@ -81,66 +82,78 @@ def test_run_completes_with_metrics(full_run):
     assert metrics["wall_time_s"] > 0 and metrics["replicas"] == 1
 
 
+def scalars(accumulator, tag):
+    return [float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
+
+
+def test_every_event_of_a_run_is_in_its_folder(full_run):
+    _, run_dir, _ = full_run
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == [
+        "checkpoints",
+        "kernel_images",
+    ]
+    assert len([p for p in run_dir.iterdir() if p.name.startswith("events.out")]) == 1
+
+
 def test_scalars_in_tensorboard(full_run):
     _, run_dir, _ = full_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for run, prefix in (("train", ""), ("validation", "val_")):
-        accumulator = events(run_dir, run)
+    accumulator = events(run_dir, ".")
+    for split, prefix in (("train", ""), ("test", "val_")):
         for name in ("loss", "accuracy"):
-            values = [
-                float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(f"epoch_{name}")
-            ]
             expected = [e[prefix + name] for e in metrics["epochs"]]
-            np.testing.assert_allclose(values, expected, rtol=1e-5)
+            np.testing.assert_allclose(scalars(accumulator, f"{name}/{split}"), expected, rtol=1e-5)
+    assert [e.step for e in accumulator.Tensors("loss/train")] == [1, 2]  # the epoch numbers
+    speeds = [e["images_per_second"] for e in metrics["epochs"]]
+    np.testing.assert_allclose(scalars(accumulator, "speed/images_per_second"), speeds, rtol=1e-5)
+    rates = scalars(accumulator, "learning_rate")
+    assert len(rates) == 2 and rates[1] == pytest.approx(0.0, abs=1e-9)  # cosine to 0 at the end
+    # The last test point is the test evaluation: the final figures need no chart of their own.
+    assert scalars(accumulator, "accuracy/test")[-1] == pytest.approx(metrics["test_accuracy"])
+    assert not {"test_accuracy", "best_val_accuracy", "parameters"} & set(
+        accumulator.Tags()["tensors"]
+    )
 
 
 def test_hparams_of_the_run_in_its_folder(full_run):
     _, run_dir, _ = full_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    accumulator.Reload()
-    assert "_hparams_/session_start_info" in accumulator.PluginTagToContent("hparams")
-    (accuracy,) = accumulator.Tensors("test_accuracy")
-    assert float(tf.make_ndarray(accuracy.tensor_proto)) == pytest.approx(metrics["test_accuracy"])
-    (parameters,) = accumulator.Tensors("parameters")
-    assert float(tf.make_ndarray(parameters.tensor_proto)) == metrics["parameters"]["total"]
+    content = events(run_dir, ".").PluginTagToContent("hparams")
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        content[hparams_metadata.SESSION_START_INFO_TAG]
+    )
+    assert start.group_name == "e2e"
+    assert start.hparams["parameters"].number_value == metrics["parameters"]["total"]
+    assert start.hparams["centroids_trainable"].bool_value is True
 
 
 def test_kernel_images_every_epoch(full_run):
     _, run_dir, _ = full_run
-    accumulator = events(run_dir, "layers")
+    accumulator = events(run_dir, ".")
     tags = accumulator.Tags()["tensors"]
-    for layer, filters in (("sws1", 24), ("sws2", 48)):
-        for tag in ("weighted_kernels", "weighted_kernels_color", "centroids", "legend"):
-            assert f"{layer}/{tag}" in tags
-        steps = accumulator.Tensors(f"{layer}/weighted_kernels")
-        assert [e.step for e in steps] == [0, 1]
-        encoded = tf.make_ndarray(steps[-1].tensor_proto)
-        width, height = int(encoded[0]), int(encoded[1])
-        assert len(encoded) - 2 == filters  # one image per filter (input channel 0)
-        image = tf.io.decode_png(encoded[2]).numpy()
-        assert image.shape == (height, width, 1)
-        colour = tf.io.decode_png(
-            tf.make_ndarray(
-                accumulator.Tensors(f"{layer}/weighted_kernels_color")[-1].tensor_proto
-            )[2]
-        )
-        assert colour.shape[-1] == 3
-    # verbosity >= 1: gradients; 3: activations
+    for layer in ("sws1", "sws2"):
+        for tag in ("kernels", "kernels_color", "centroids", "specialisation"):
+            steps = accumulator.Tensors(f"{layer}/{tag}")
+            assert [e.step for e in steps] == [1, 2]
+            encoded = tf.make_ndarray(steps[-1].tensor_proto)
+            width, height = int(encoded[0]), int(encoded[1])
+            assert len(encoded) == 3  # one picture per layer and kind
+            assert tf.io.decode_png(encoded[2]).numpy().shape == (height, width, 3)
+        assert len(scalars(accumulator, f"specialisation/{layer}")) == 2
+    # verbosity >= 1: gradients; 2: weights; 3: activations
     assert any(t.startswith("gradients/") for t in tags)
+    assert any(t.startswith("weights/") for t in tags)
     assert "activations/sws1" in tags and "sws1/centroid_y" in tags
 
 
 def test_kernel_pngs_and_reloadable_model(full_run, mnist_dir):
     _, run_dir, _ = full_run
     names = sorted(p.name for p in (run_dir / "kernel_images").iterdir())
-    assert names == sorted(
-        f"{layer}_{kind}.png"
-        for layer in ("sws1", "sws2")
-        for kind in ("weighted", "kcp", "centroids", "weighted_color")
-    )
+    kinds = ("kernels", "kernels_full", "specialisation", "kcp", "centroids", "kernels_color",
+             "kernels_color_full")  # fmt: skip
+    assert names == sorted(f"{layer}_{kind}.png" for layer in ("sws1", "sws2") for kind in kinds)
     kcp = tf.io.decode_png((run_dir / "kernel_images" / "sws1_kcp.png").read_bytes()).numpy()
-    assert kcp.shape == (4 * 8, 24 * 8, 1)  # 4 KCPs x 1 input channel x (7+1) px, 24 filters
+    assert kcp.shape == (4 * 8 * 3, 24 * 8 * 3, 1)  # 4 KCPs x 1 input x (7+1) px, 24 filters
     model = keras.models.load_model(run_dir / "model.keras")
     raw = data.load_mnist(str(mnist_dir)).x_test[:128]  # uint8 pixels (N, 28, 28, 1), as stored
     checkpoint = keras.models.load_model(run_dir / "checkpoints" / "epoch-2" / "model.keras")
@@ -438,7 +451,7 @@ def test_signal_stops_cleanly_and_the_printed_resume_command_finishes(
     final = json.loads((logdir / "s" / "metrics.json").read_text())
     assert final["status"] == "completed" and [e["epoch"] for e in final["epochs"]] == [1, 2, 3]
     assert final["flags"]["color_coding"] is True and final["flags"]["log_verbosity"] == 1
-    assert (logdir / "s" / "kernel_images" / "sws1_weighted_color.png").is_file()
+    assert (logdir / "s" / "kernel_images" / "sws1_kernels_color.png").is_file()
 
 
 def test_a_second_process_on_the_same_run_is_refused(tmp_path, mnist_dir):
@@ -680,7 +693,7 @@ def test_disk_full_in_a_tensorboard_write_and_out_of_memory_are_one_line(
 ):
     from swsl_cli.runner import summaries
 
-    events_file = tmp_path / "tb" / "full" / "layers" / "events.out.tfevents.1.vm.2.v2"
+    events_file = tmp_path / "tb" / "full" / "events.out.tfevents.1.vm.2.v2"
     message = (
         "{{function_node __wrapped__WriteSummary_device_/job:localhost/replica:0/task:0/device:CPU:0}} "
         f"{events_file}; No space left on device\n\tFailed to flush 11 events to {events_file}"
@@ -728,8 +741,12 @@ def test_killed_mid_training_resumes_from_the_last_complete_epoch(tmp_path, mnis
 @pytest.mark.parametrize(
     "flags, layers, pngs",
     [
-        (dict(layer="local"), ("local1", "local2"), ("local1_weighted.png",)),
-        (dict(layer="conv"), ("conv1", "conv2"), ("conv1_weighted.png",)),
+        (
+            dict(layer="local"),
+            ("local1", "local2"),
+            ("local1_kernels.png", "local1_specialisation.png"),
+        ),
+        (dict(layer="conv"), ("conv1", "conv2"), ("conv1_kernels.png", "conv1_kernels_full.png")),
         (dict(kcp_init="shared", n_centroids=13), ("sws1", "sws2"), ("sws1_centroids.png",)),
     ],
 )

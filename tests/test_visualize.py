@@ -245,3 +245,12 @@ def test_summary_picture_draws_every_filter_at_the_corner_cells_three_pixels_a_w
     block = picture[3 + 3 : 3 + 12, 3 + 3 : 3 + 12, 0]
     np.testing.assert_allclose(block[::3, ::3], expected[0, 0, :, :, 0, 0], atol=1e-6)
     np.testing.assert_allclose(block[1::3, 2::3], expected[0, 0, :, :, 0, 0], atol=1e-6)
+
+
+def test_pictures_of_non_finite_weights_are_drawn_not_raised():
+    kernels = np.full((4, 4, 3, 3, 1, 2), np.nan)
+    values = visualize.specialisation_map(kernels)
+    assert visualize.specialisation_picture(values).shape[2] == 3
+    np.testing.assert_allclose(
+        visualize.heat_colours(np.array([np.inf]))[0], visualize.VIRIDIS_STOPS[0]
+    )

@@ -203,16 +203,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # When a peer fails, TensorFlow's C++ runtime logs several error lines that the
         # one-line message repeats; it must hear this before TensorFlow loads.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from swsl_cli.runner import data  # numpy, no TensorFlow: its path checks come first
+
     # Until training installs its own handlers, a signal ends the start-up in one line.
     with handled_by(raise_interrupted), contextlib.ExitStack() as stack:
         try:
             # Paths, the resume target and its settings are checked before TensorFlow loads.
             opened = runs.open_run(config, given_names, stack)
+            data.check_data_dir(opened.config.data_dir)
             Console(sys.stdout).line(opening_line(opened))
             from swsl_cli.runner.train import main_opened
 
             return main_opened(opened, stack)
-        except (runs.RunError, distribute.ClusterError) as error:
+        except (runs.RunError, distribute.ClusterError, data.DataError) as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             return 1
         except Interrupted as interrupt:

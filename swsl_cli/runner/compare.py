@@ -77,16 +77,18 @@ def _read_json(path: Path, warn) -> tuple[dict | None, bool]:
 
 
 def _centroids(flags: dict) -> str | None:
-    """`2x2` (grid), `13 random`, or None for layers without centroids."""
+    """`2x2` (grid), `13 random`, with ` trainable` when learned; None for layers without."""
     if flags.get("layer") not in (None, "sws"):
         return None
     count = flags.get("n_centroids")
-    if isinstance(count, int) and not isinstance(count, bool):
-        return f"{count} random"
     grid = flags.get("centroid_grid")
-    if isinstance(grid, list) and len(grid) == 2:
-        return "{}x{}".format(*grid)
-    return None
+    if isinstance(count, int) and not isinstance(count, bool):
+        arrangement = f"{count} random"
+    elif isinstance(grid, list) and len(grid) == 2:
+        arrangement = "{}x{}".format(*grid)
+    else:
+        return None
+    return arrangement + (" trainable" if flags.get("centroids_trainable") is True else "")
 
 
 def _dataset(metrics: dict, flags: dict) -> str:

@@ -356,8 +356,9 @@ class Config:
     ema_warmup: bool = setting(
         True,
         "With --ema: warm the average up, its momentum at step t being min(MOMENTUM, (1 + t) / "
-        "(10 + t)) as in TensorFlow's ExponentialMovingAverage, so that a short run's average "
-        "holds little of the random start; --no-ema_warmup: the momentum from the first step",
+        "(20 + t)) (TensorFlow's ExponentialMovingAverage rule, twice as fast), so that a short "
+        "run's average holds little of the random start; --no-ema_warmup: MOMENTUM from the "
+        "second step",
         kind=bool,
         negatable=True,
         legacy=False,

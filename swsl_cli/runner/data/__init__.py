@@ -60,6 +60,7 @@ __all__ = [
     "MAX_CLASSES",
     "OFFLINE_ENV",
     "SPATIAL_MNIST",
+    "check_data_dir",
     "checked_arrays",
     "load_bundled_mnist",
     "load_dataset",
@@ -108,17 +109,26 @@ def load_mnist(data_dir: str | None) -> ImageArrays:
     return load_dataset("mnist", data_dir)
 
 
-def _load_data_dir(name: str, data_dir: str, val_split: str | None) -> ImageArrays:
+def check_data_dir(data_dir: str | None) -> None:
+    """Refuses a `--data_dir` that cannot hold data (missing, a device, a pipe); no TensorFlow,
+    so the CLI says so before TensorFlow loads."""
+    if data_dir is None:
+        return
     path = Path(data_dir).expanduser()
-    if path.is_file():
-        return load_npz(path, val_split)
-    if path.exists() and not path.is_dir():
+    if path.exists() and not (path.is_file() or path.is_dir()):
         raise DataError(
             f"--data_dir {data_dir} is a {_file_kind(path)}, not a regular file or a folder: "
             "give an npz file or a folder"
         )
     if not path.exists():
         raise DataError(f"--data_dir {data_dir} does not exist")
+
+
+def _load_data_dir(name: str, data_dir: str, val_split: str | None) -> ImageArrays:
+    check_data_dir(data_dir)
+    path = Path(data_dir).expanduser()
+    if path.is_file():
+        return load_npz(path, val_split)
     if any(idx_path(path, stem) for stem in IDX_FILES.values()):
         if val_split:
             raise DataError(
