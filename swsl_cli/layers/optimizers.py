@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-
 EMA_WARMUP = 20.0
 
 
