@@ -51,7 +51,7 @@ def has_kernel_images(run_dir: Path) -> bool:
     accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     accumulator.Reload()
     tags = accumulator.Tags()["tensors"]
-    return all(f"sws{i}/kernels" in tags for i in (1, 2))
+    return all(f"pictures/sws{i}/kernels" in tags for i in (1, 2))
 
 
 def available_layers() -> tuple[str, ...]:

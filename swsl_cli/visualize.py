@@ -51,6 +51,7 @@ SAMPLE_STEP = 3  # every third output cell, as the original visualisation
 MAX_SAMPLES = 10  # sampled cells per side at most: larger outputs get a larger step
 MAX_SIDE = 8192  # pixels per side of an exported picture at most
 MIN_PIXELS_PER_WEIGHT = 3  # every weight of every picture is at least 3x3 screen pixels
+SCALE_LOW = 1e-3  # the specialisation pictures' scale: 0.001 (and below) to 1
 
 
 def palette(count: int) -> np.ndarray:
@@ -188,7 +189,11 @@ def color_coded_tiles(cell_kernels: np.ndarray, similarity: np.ndarray) -> np.nd
 
 
 def centroid_map(
-    similarity: np.ndarray, centroids: np.ndarray, scaling: float = 1.0, group: int = 0
+    similarity: np.ndarray,
+    centroids: np.ndarray,
+    scaling: float = 1.0,
+    group: int = 0,
+    marked: bool = True,
 ) -> np.ndarray:
     """Colour legend: every cell coloured as its nearest centroid, centroids marked white.
 
@@ -197,6 +202,7 @@ def centroid_map(
         centroids: `(G, S, 2)` centroid (y, x) positions.
         scaling: the side of the coordinate square.
         group: which centroid set (filter) to draw when per-feature.
+        marked: mark the centroids (3 x 3 cells, white with a dark centre).
 
     Returns:
         `(H', W', 3)` RGB in [0, 1]; the brightness is the nearest centroid's
@@ -206,13 +212,20 @@ def centroid_map(
     sims = similarity[:, :, group]
     colors = palette(sims.shape[-1])
     image = colors[sims.argmax(-1)] * (0.4 + 0.6 * sims.max(-1, keepdims=True))
-    rows, cols = sims.shape[:2]
-    for y, x in centroids[min(group, len(centroids) - 1)]:
-        i = int(round(np.clip(y / scaling, 0, 1) * (rows - 1)))
-        j = int(round(np.clip(x / scaling, 0, 1) * (cols - 1)))
-        image[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2] = 1.0
-        image[i, j] = 0.0
+    if marked:
+        mark_centroids(image, centroids[min(group, len(centroids) - 1)], scaling, sims.shape[:2])
     return image
+
+
+def mark_centroids(picture: np.ndarray, centroids: np.ndarray, scaling: float, cells, factor=1):
+    """Marks centroids `(..., 2)` (y, x in `[0, scaling]`) on a picture of `cells` `(H', W')`
+    enlarged `factor` times, in place: 3 x 3 pixels, white with a dark centre."""
+    rows, cols = cells
+    for y, x in np.asarray(centroids).reshape(-1, 2):
+        i = int(round(np.clip(y / scaling, 0, 1) * (rows - 1))) * factor + factor // 2
+        j = int(round(np.clip(x / scaling, 0, 1) * (cols - 1))) * factor + factor // 2
+        picture[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2] = 1.0
+        picture[i, j] = 0.0
 
 
 def fold_row(images: np.ndarray) -> np.ndarray:
@@ -375,9 +388,24 @@ def heat_colours(values: np.ndarray, high: float = 1.0) -> np.ndarray:
     return (1 - weight) * VIRIDIS_STOPS[low] + weight * VIRIDIS_STOPS[low + 1]
 
 
+def decades(values: np.ndarray) -> np.ndarray:
+    """The specialisation scale: `values` from `SCALE_LOW` to 1 on a log scale, as 0 to 1.
+
+    Each third of the scale is a factor of 10 (0.001, 0.01, 0.1, 1); values at
+    or below `SCALE_LOW`, 0 included, are 0, and 1 or more is 1.
+    """
+    values = np.nan_to_num(np.asarray(values, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low = np.log10(SCALE_LOW)
+    return np.clip((np.log10(np.maximum(values, SCALE_LOW)) - low) / -low, 0.0, 1.0)
+
+
 def colour_bar(width: int, height: int = 8) -> np.ndarray:
-    """The heat map's scale from 0 (left) to 1 (right), `(height, width, 3)`."""
-    return np.broadcast_to(heat_colours(np.linspace(0.0, 1.0, width)), (height, width, 3)).copy()
+    """The heat map's scale from 0 (left) to 1 (right), `(height, width, 3)`, with dark
+    ticks at its thirds (the decades of `decades`)."""
+    bar = np.broadcast_to(heat_colours(np.linspace(0.0, 1.0, width)), (height, width, 3)).copy()
+    for third in (1, 2):
+        bar[: height // 2, round(third * (width - 1) / 3)] = 0.0
+    return bar
 
 
 def specialisation_picture(
@@ -388,20 +416,15 @@ def specialisation_picture(
 ) -> np.ndarray:
     """The specialisation map as a picture about `side` pixels wide, with its colour bar.
 
-    Colours are on the fixed scale of `heat_colours` (0 to 1), so pictures of
-    different layers, epochs and runs compare directly. `centroids` `(G, S, 2)`
-    (y, x in `[0, scaling]`), if given, are marked as white dots with a
-    dark centre.
+    Colours are on the fixed log scale of `decades` (0.001 to 1), so pictures
+    of different layers, epochs and runs compare directly. `centroids`
+    `(G, S, 2)` (y, x in `[0, scaling]`), if given, are marked.
     """
     rows, cols = values.shape
     factor = max(MIN_PIXELS_PER_WEIGHT, side // max(rows, cols))
-    picture = upscale(heat_colours(values), factor)
+    picture = upscale(heat_colours(decades(values)), factor)
     if centroids is not None:
-        for y, x in centroids.reshape(-1, 2):
-            i = int(round(np.clip(y / scaling, 0, 1) * (rows - 1))) * factor + factor // 2
-            j = int(round(np.clip(x / scaling, 0, 1) * (cols - 1))) * factor + factor // 2
-            picture[max(i - 2, 0) : i + 3, max(j - 2, 0) : j + 3] = 1.0
-            picture[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2] = 0.0
+        mark_centroids(picture, centroids, scaling, (rows, cols), factor)
     gap = np.ones((GAP, picture.shape[1], 3), np.float32)
     return np.concatenate([picture, gap, colour_bar(picture.shape[1])])
 
@@ -487,10 +510,14 @@ def upscale_tiles(tiles: np.ndarray, factor: int) -> np.ndarray:
 def centroid_maps(
     similarity: np.ndarray, centroids: np.ndarray, scaling: float = 1.0, limit: int = 64
 ) -> np.ndarray:
-    """`centroid_map` of every centroid set (filter) of a layer, up to `limit`, in one grid."""
+    """`centroid_map` of every centroid set (filter) of a layer, up to `limit`, in one grid,
+    enlarged to about 112 pixels a map, the centroids marked at that size."""
     groups = min(similarity.shape[2], limit)
-    maps = np.stack(
-        [centroid_map(similarity, centroids, scaling, group) for group in range(groups)]
-    )
-    factor = max(MIN_PIXELS_PER_WEIGHT, 112 // max(maps.shape[1:3]))
-    return filter_grid(upscale_tiles(maps, factor))
+    cells = similarity.shape[:2]
+    factor = max(MIN_PIXELS_PER_WEIGHT, 112 // max(cells))
+    maps = []
+    for group in range(groups):
+        picture = upscale(centroid_map(similarity, centroids, scaling, group, marked=False), factor)
+        mark_centroids(picture, centroids[min(group, len(centroids) - 1)], scaling, cells, factor)
+        maps.append(picture)
+    return filter_grid(np.stack(maps))

@@ -176,15 +176,20 @@ def test_run_summaries_write_one_event_stream_in_the_run_folder(tmp_path):
     accumulator = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     accumulator.Reload()
     tags = set(accumulator.Tags()["tensors"])
-    assert {"sws1/kernels", "sws1/specialisation", "sws1/centroids", "sws1/kernels_color"} <= tags
-    assert {"conv2/kernels", "conv2/specialisation"} <= tags
-    assert not any(t.startswith("conv2/cent") for t in tags)
-    scalars = {"loss/train", "loss/test", "accuracy/train", "accuracy/test", "learning_rate",
+    assert {
+        "pictures/sws1/kernels",
+        "pictures/sws1/specialisation",
+        "pictures/sws1/centroids",
+        "pictures/sws1/kernels_color",
+    } <= tags
+    assert {"pictures/conv2/kernels", "pictures/conv2/specialisation"} <= tags
+    assert not any(t.startswith("pictures/conv2/cent") for t in tags)
+    scalars = {"loss/train", "loss/test", "accuracy/train", "accuracy/test", "optimizer/learning_rate",
                "speed/images_per_second", "specialisation/sws1", "specialisation/conv2"}  # fmt: skip
     assert scalars <= tags
     (event,) = accumulator.Tensors("accuracy/test")
     assert event.step == 1 and float(tf.make_ndarray(event.tensor_proto)) == pytest.approx(0.6)
-    (image,) = accumulator.Tensors("conv2/kernels")
+    (image,) = accumulator.Tensors("pictures/conv2/kernels")
     encoded = tf.make_ndarray(image.tensor_proto)
     assert len(encoded) == 3  # width, height, one PNG: one picture per layer
     assert tf.io.decode_png(encoded[2]).shape[2] == 3

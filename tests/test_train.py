@@ -106,7 +106,7 @@ def test_scalars_in_tensorboard(full_run):
     assert [e.step for e in accumulator.Tensors("loss/train")] == [1, 2]  # the epoch numbers
     speeds = [e["images_per_second"] for e in metrics["epochs"]]
     np.testing.assert_allclose(scalars(accumulator, "speed/images_per_second"), speeds, rtol=1e-5)
-    rates = scalars(accumulator, "learning_rate")
+    rates = scalars(accumulator, "optimizer/learning_rate")
     assert len(rates) == 2 and rates[1] == pytest.approx(0.0, abs=1e-9)  # cosine to 0 at the end
     # The last test point is the test evaluation: the final figures need no chart of their own.
     assert scalars(accumulator, "accuracy/test")[-1] == pytest.approx(metrics["test_accuracy"])
@@ -133,7 +133,7 @@ def test_kernel_images_every_epoch(full_run):
     tags = accumulator.Tags()["tensors"]
     for layer in ("sws1", "sws2"):
         for tag in ("kernels", "kernels_color", "centroids", "specialisation"):
-            steps = accumulator.Tensors(f"{layer}/{tag}")
+            steps = accumulator.Tensors(f"pictures/{layer}/{tag}")
             assert [e.step for e in steps] == [1, 2]
             encoded = tf.make_ndarray(steps[-1].tensor_proto)
             width, height = int(encoded[0]), int(encoded[1])
@@ -141,9 +141,9 @@ def test_kernel_images_every_epoch(full_run):
             assert tf.io.decode_png(encoded[2]).numpy().shape == (height, width, 3)
         assert len(scalars(accumulator, f"specialisation/{layer}")) == 2
     # verbosity >= 1: gradients; 2: weights; 3: activations
-    assert any(t.startswith("gradients/") for t in tags)
-    assert any(t.startswith("weights/") for t in tags)
-    assert "activations/sws1" in tags and "sws1/centroid_y" in tags
+    assert any(t.startswith("weights/") and t.endswith(".gradient") for t in tags)
+    assert any(t.startswith("weights/") and t.endswith(".kernel") for t in tags)
+    assert "outputs/sws1" in tags and "weights/sws1.centroid_y" in tags
 
 
 def test_kernel_pngs_and_reloadable_model(full_run, mnist_dir):

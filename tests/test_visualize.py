@@ -217,15 +217,27 @@ def test_heat_colours_run_from_viridis_dark_to_bright_and_clip():
     assert np.all(np.diff(colours.sum(-1)[1:4]) > 0)  # brighter with the value
 
 
-def test_specialisation_picture_marks_centroids_and_has_its_scale_below():
+def test_specialisation_picture_marks_centroids_and_has_its_log_scale_below():
     values = np.zeros((28, 28), "float32")
+    values[5, 7] = 0.01
     picture = visualize.specialisation_picture(values, np.array([[[0.0, 1.0]]]), scaling=1.0)
     factor = 224 // 28
     assert picture.shape == (28 * factor + visualize.GAP + 8, 28 * factor, 3)
     centre = (factor // 2, 27 * factor + factor // 2)  # (y, x) = (0, 1): top right
-    assert np.all(picture[centre] == 0) and np.all(picture[centre[0] + 2, centre[1]] == 1)
+    assert np.all(picture[centre] == 0) and np.all(picture[centre[0] + 1, centre[1]] == 1)
+    np.testing.assert_allclose(picture[0, 0], visualize.VIRIDIS_STOPS[0])  # 0: the bottom
+    cell = picture[5 * factor + 1, 7 * factor + 1]  # 0.01: a third of the way up
+    np.testing.assert_allclose(cell, visualize.heat_colours(np.array(1 / 3)), atol=1e-6)
     np.testing.assert_allclose(picture[-1, 0], visualize.VIRIDIS_STOPS[0])
     np.testing.assert_allclose(picture[-1, -1], visualize.VIRIDIS_STOPS[-1])
+
+
+def test_the_specialisation_scale_is_a_decade_a_third():
+    np.testing.assert_allclose(
+        visualize.decades(np.array([0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 5.0, np.nan])),
+        [0, 0, 0, 1 / 3, 2 / 3, 1, 1, 0],
+        atol=1e-12,
+    )
 
 
 def test_summary_picture_draws_every_filter_at_the_corner_cells_three_pixels_a_weight(rng):

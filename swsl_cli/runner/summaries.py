@@ -2,17 +2,19 @@
 
 Everything of one run goes to one event stream in the run folder itself, so
 TensorBoard lists each run once and shows its train and test curves in one
-colour. Scalars are grouped by what they measure, one card per split:
-`loss/train`, `loss/test`, `accuracy/train`, `accuracy/test` (`validation`
-instead of `test` with `--val_split`), then `learning_rate`,
-`speed/images_per_second` and `specialisation/<layer>`, one point per epoch
-(step = the epoch number). Each kernel layer (`SoftWeightSharingConv2D`,
-`Conv2D`, and any layer with `local_kernels()`, as `LocallyConnected2D`) gets
-the same pictures under its name: `kernels` (the kernel seen at 4 x 4 cells,
-per filter) and `specialisation` (where and how much the kernel differs from
-the layer's mean kernel), and for SWS `centroids`. The run's settings are its
-HParams; its final figures are in `metrics.json` and, as the last points of
-those curves, in the HParams tab.
+colour. Tags are grouped by what they show, and TensorBoard sorts the groups
+by name, so the curves come first: `accuracy/train`, `accuracy/test`,
+`loss/train`, `loss/test` (`validation` instead of `test` with
+`--val_split`), `optimizer/learning_rate`, then `pictures/<layer>/...`,
+`specialisation/<layer>`, `speed/images_per_second` and, by verbosity,
+`weights/...` and `outputs/...`; one point per epoch (step = the epoch
+number). Each kernel layer (`SoftWeightSharingConv2D`, `Conv2D`, and any
+layer with `local_kernels()`, as `LocallyConnected2D`) gets the same
+pictures: `kernels` (the kernel seen at 4 x 4 cells, per filter) and
+`specialisation` (where and how much the kernel differs from the layer's
+mean kernel), and for SWS `centroids`. The run's settings are its HParams;
+its final figures are in `metrics.json` and, as the last points of those
+curves, in the HParams tab.
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ class RunSummaries:
             for name, tag in tags.items():
                 if name in metrics:
                     tf.summary.scalar(tag, metrics[name])
-            tf.summary.scalar("learning_rate", learning_rate)
+            tf.summary.scalar("optimizer/learning_rate", learning_rate)
         self.writer.flush()
 
     def final(self, step: int, test_loss: float, test_accuracy: float) -> None:
@@ -276,18 +278,17 @@ class RunSummaries:
         """Every kernel layer's pictures and specialisation, and the SWS centroids."""
         with self.writer.as_default(step=step):
             for view in layer_views(model):
-                with tf.name_scope(view.name):
-                    for tag, image in layer_pictures(view, color_coding).items():
-                        tf.summary.image(tag, image[None], max_outputs=1)
-                    if view.centroids is not None:
-                        tf.summary.histogram("centroid_y", view.centroids[..., 0])
-                        tf.summary.histogram("centroid_x", view.centroids[..., 1])
+                for tag, image in layer_pictures(view, color_coding).items():
+                    tf.summary.image(f"pictures/{view.name}/{tag}", image[None], max_outputs=1)
+                if view.centroids is not None:
+                    tf.summary.histogram(f"weights/{view.name}.centroid_y", view.centroids[..., 0])
+                    tf.summary.histogram(f"weights/{view.name}.centroid_x", view.centroids[..., 1])
                 tf.summary.scalar(f"specialisation/{view.name}", float(view.specialisation.mean()))
 
     def weights(self, model: keras.Model, step: int) -> None:
-        with self.writer.as_default(step=step), tf.name_scope("weights"):
+        with self.writer.as_default(step=step):
             for variable in model.trainable_variables:
-                tf.summary.histogram(variable.path.replace("/", "."), variable)
+                tf.summary.histogram(f"weights/{variable.path.replace('/', '.')}", variable)
 
     def gradients(self, model: keras.Model, probe_batch, step: int) -> None:
         """Gradient histograms of a fixed probe batch."""
@@ -298,19 +299,21 @@ class RunSummaries:
             loss = keras.losses.sparse_categorical_crossentropy(labels, predictions)
             loss = tf.reduce_mean(loss)
         gradients = tape.gradient(loss, variables)
-        with self.writer.as_default(step=step), tf.name_scope("gradients"):
+        with self.writer.as_default(step=step):
             for variable, gradient in zip(variables, gradients):
                 if gradient is not None:
-                    tf.summary.histogram(variable.path.replace("/", "."), gradient)
+                    path = variable.path.replace("/", ".")
+                    tf.summary.histogram(f"weights/{path}.gradient", gradient)
 
     def activations(self, model: keras.Model, probe_images, step: int) -> None:
         """Activation histograms and sparsity of every layer on the probe batch."""
         probe = keras.Model(model.input, [layer.output for layer in model.layers[1:]])
-        with self.writer.as_default(step=step), tf.name_scope("activations"):
+        with self.writer.as_default(step=step):
             for layer, output in zip(model.layers[1:], probe(probe_images)):
-                tf.summary.histogram(layer.name, output)
+                tf.summary.histogram(f"outputs/{layer.name}", output)
                 tf.summary.scalar(
-                    f"{layer.name}_sparsity", tf.reduce_mean(tf.cast(output == 0, tf.float32))
+                    f"outputs/{layer.name}_sparsity",
+                    tf.reduce_mean(tf.cast(output == 0, tf.float32)),
                 )
 
     def close(self) -> None:
