@@ -13,7 +13,7 @@ DATA_FLAG := $(if $(DATA_DIR),--data_dir $(DATA_DIR),)
 # PyTorch's own index serves CPU-only builds; PyPI's Linux wheels pull in CUDA.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install install-test test lint train tensorboard reproduce bench clean
+.PHONY: install install-test test lint train tensorboard reproduce bench gpu-check clean
 
 # The stamps record what is installed; they are redone when the package's metadata changes.
 $(VENV)/.runtime: setup.cfg pyproject.toml
@@ -62,6 +62,11 @@ reproduce: $(VENV)/.runtime
 
 bench: $(VENV)/.runtime
 	$(BIN)/python benchmarks/bench.py $(DATA_FLAG)
+
+# Every GPU path of swsl-train in one run (full 60,000-image epochs on a GPU, a tiny CPU run
+# elsewhere); one markdown table in bench-out/gpu-check.md, exit 1 if a check fails.
+gpu-check: $(VENV)/.runtime
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache bench-out
