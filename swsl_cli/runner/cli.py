@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from swsl_cli import __version__
 from swsl_cli.runner import distribute, runs
-from swsl_cli.runner.compare import FORMATS
+from swsl_cli.runner.compare import FORMATS, PER_RUN
 from swsl_cli.runner.config import DECLARATIONS, DEFAULTS, GROUPS, ORIGINAL, PROG, Config
 from swsl_cli.runner.console import Console
 from swsl_cli.runner.interrupts import Interrupted, handled_by, raise_interrupted
@@ -91,9 +91,29 @@ def add_setting(group, name: str, declaration) -> None:
     group.add_argument(f"--{name}", **options)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def override(text: str) -> tuple[str, str]:
+    """An argparse type: `NAME=VALUE` of `--sweep_set`."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"must be NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every flag: each run setting from its declaration in `Config`, then the
-    flags that train nothing (`--compare`, `--format`, `--version`)."""
+    flags of sweeps (`--sweep`, ...) and those that train nothing (`--compare`, `--format`,
+    `--group_by`, `--plot`, `--version`)."""
     parser = _Parser(
         prog=PROG,
         description=DESCRIPTION,
@@ -106,6 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, declaration in DECLARATIONS.items():
         add_setting(groups[declaration.group], name, declaration)
+    sweeps = parser.add_argument_group("sweeps: many runs from one file, through Ray Tune")
+    sweeps.add_argument(
+        "--sweep",
+        metavar="FILE",
+        help="Train every trial of a sweep file (YAML or JSON: fixed flags, a grid, variants, "
+        "seeds), each a run folder under --logdir named from its settings; trials already "
+        'complete are skipped, interrupted ones resumed. Needs pip install ".[sweep]"',
+    )
+    sweeps.add_argument(
+        "--sweep_workers",
+        type=positive_int,
+        metavar="N",
+        help="--sweep: trials at once, each with cores / N CPUs (default: 1; on a Ray cluster "
+        "of RAY_ADDRESS, its cores)",
+    )
+    sweeps.add_argument(
+        "--sweep_set",
+        type=override,
+        action="append",
+        metavar="NAME=VALUE",
+        help="--sweep: give every trial this flag's value instead of the file's (e.g. "
+        "n_epochs=1, data_dir=PATH, or 'seeds=0 1 2'); repeatable",
+    )
     runs = parser.add_argument_group("compare runs (trains nothing)")
     runs.add_argument(
         "--compare",
@@ -120,12 +163,28 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FORMATS,
         help=f"Output of --compare: an aligned table, csv or markdown (default: {FORMATS[0]})",
     )
+    runs.add_argument(
+        "--group_by",
+        metavar="FLAGS",
+        help="--compare: one row per group of runs with the same values of these settings "
+        "(comma-separated, e.g. layer,dataset), with n, mean, standard deviation and 95 %% "
+        f"interval; {PER_RUN} for one row per run (default: runs that differ only in their seed "
+        "form a group)",
+    )
+    runs.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="--compare: also draw the groups: validation accuracy per epoch (FILE_epochs.png) "
+        'and test accuracy against parameters (FILE_params.png). Needs pip install ".[plot]"',
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
 # Flags of `--compare`, which trains nothing: they are not part of a run's config.
-COMPARE_FLAGS = ("compare", "format", "logdir")
+COMPARE_FLAGS = ("compare", "format", "group_by", "plot", "logdir")
+# Flags of `--sweep`: the trials' own flags are in the sweep file.
+SWEEP_FLAGS = ("sweep", "sweep_workers", "sweep_set", "logdir", "quiet")
 
 
 def given_flags(argv: Sequence[str] | None = None) -> dict:
@@ -146,8 +205,10 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[Config, frozenset[
 
 def training_command(given: dict) -> tuple[Config, frozenset[str]]:
     """The validated config of the flags `given`, and their names."""
-    if "format" in given or "compare" in given:
+    if given.keys() & {"compare", "format", "group_by", "plot"}:
         raise UsageError("--format and --compare train nothing; give them without training flags")
+    if given.keys() & {"sweep", "sweep_workers", "sweep_set"}:
+        raise UsageError("--sweep takes its trials' flags from its file, not the command line")
     try:
         config = Config(**given)
     except ValueError as error:
@@ -175,13 +236,50 @@ def compare_command(given: dict) -> int:
     """`--compare [LOGDIR]`: the runs table; refuses training flags beside it."""
     others = sorted(set(given) - set(COMPARE_FLAGS))
     if others:
-        raise UsageError(f"--compare takes only --logdir and --format, not --{others[0]}")
+        raise UsageError(
+            f"--compare takes only --logdir, --format, --group_by and --plot, not --{others[0]}"
+        )
     if "compare" not in given:
-        raise UsageError("--format applies to --compare only")
+        flag = next(name for name in COMPARE_FLAGS if name in given)
+        raise UsageError(f"--{flag} applies to --compare only")
+    from swsl_cli.runner.compare import grouping
     from swsl_cli.runner.compare import main as compare_main
 
+    try:
+        group_by = grouping(given.get("group_by"))
+    except ValueError as error:
+        raise UsageError(f"--group_by: {error}") from None
     logdir = given["compare"] or given.get("logdir", DEFAULTS["logdir"])
-    return compare_main(logdir, given.get("format", FORMATS[0]))
+    return compare_main(
+        logdir, given.get("format", FORMATS[0]), group_by=group_by, plot=given.get("plot")
+    )
+
+
+def sweep_command(given: dict) -> int:
+    """`--sweep FILE`: the trials of a sweep file; refuses training flags beside it."""
+    others = sorted(set(given) - set(SWEEP_FLAGS))
+    if others:
+        raise UsageError(
+            "--sweep takes only --logdir, --sweep_workers, --sweep_set and --quiet beside it, "
+            f"not --{others[0]}; the trials' flags go into the sweep file"
+        )
+    if "sweep" not in given:
+        flag = next(name for name in ("sweep_workers", "sweep_set") if name in given)
+        raise UsageError(f"--{flag} applies to --sweep only")
+    overrides = {}
+    for name, value in given.get("sweep_set", ()):
+        if name != "seeds" and name not in DECLARATIONS:
+            raise UsageError(f"--sweep_set: unknown flag {name!r}")
+        overrides[name] = value
+    from swsl_cli.runner import sweep
+
+    return sweep.main(
+        given["sweep"],
+        given.get("logdir", DEFAULTS["logdir"]),
+        workers=given.get("sweep_workers", 1),
+        overrides=overrides,
+        quiet=given.get("quiet", False),
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -193,8 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: returns the exit status."""
     try:
         given = given_flags(argv)
-        if "compare" in given or "format" in given:
+        if given.keys() & {"compare", "format", "group_by", "plot"}:
             return compare_command(given)
+        if given.keys() & {"sweep", "sweep_workers", "sweep_set"}:
+            return sweep_command(given)
         config, given_names = training_command(given)
     except UsageError as error:
         print(f"{PROG}: error: {error} (see {PROG} --help)", file=sys.stderr)

@@ -30,10 +30,17 @@ def raise_interrupted(signum, frame):
 
 @contextmanager
 def handled_by(handler: Callable):
-    """Routes SIGINT and SIGTERM to `handler` inside the block, restoring the old handlers."""
+    """Routes SIGINT and SIGTERM to `handler` inside the block, restoring the old handlers.
+
+    The signals are unblocked inside the block too: a process started from a
+    thread that blocks them (as a Ray worker's threads do) inherits that mask,
+    and a blocked signal would never reach its handler.
+    """
     previous = {sig: signal.signal(sig, handler) for sig in HANDLED_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for sig, old in previous.items():
             signal.signal(sig, old)
