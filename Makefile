@@ -1,6 +1,7 @@
 # swsl-cli. Every target runs inside ./.venv and creates it when it is missing:
 #   make train    the runtime install only (TensorFlow, TFDS, TensorBoard, tqdm), then a run
-#   make test     adds the test tools and CPU builds of PyTorch and JAX, then every suite
+#   make test     adds the test tools, the sweep and plot extras and CPU builds of PyTorch
+#                 and JAX, then every suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,8 +25,12 @@ $(VENV)/.runtime: setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+$(VENV)/.sweep: $(VENV)/.runtime
+	$(BIN)/pip install -q -e ".[sweep,plot]"
+	touch $@
+
 $(VENV)/.test: $(VENV)/.runtime
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,sweep,plot]"
 	# CPU builds of PyTorch and JAX, for the layer tests on the other Keras backends.
 	$(BIN)/pip install -q --extra-index-url $(TORCH_CPU_INDEX) "torch==2.13.0"
 	$(BIN)/pip install -q "jax==0.10.2"
@@ -56,9 +61,15 @@ train: $(VENV)/.runtime
 tensorboard: $(VENV)/.runtime
 	$(BIN)/tensorboard --logdir $(LOGDIR)
 
-reproduce: $(VENV)/.runtime
-	$(BIN)/python benchmarks/reproduce.py $(DATA_FLAG) --logdir $(LOGDIR) $(if $(EPOCHS),--epochs $(EPOCHS),) \
-		$(if $(SEEDS),--seeds $(SEEDS),)
+# The README's commands as one sweep (benchmarks/reproduce.yaml), into a logdir of their own
+# per budget; a second `make reproduce` skips what is complete and resumes what was stopped.
+# Then the accuracy floors, checked on the groups of seeds.
+REPRODUCE_LOGDIR ?= $(LOGDIR)/reproduce-$(or $(EPOCHS),10)ep
+reproduce: $(VENV)/.sweep
+	$(BIN)/swsl-train --sweep benchmarks/reproduce.yaml --logdir $(REPRODUCE_LOGDIR) \
+		$(if $(EPOCHS),--sweep_set n_epochs=$(EPOCHS),) $(if $(SEEDS),--sweep_set "seeds=$(SEEDS)",) \
+		$(if $(DATA_DIR),--sweep_set data_dir=$(DATA_DIR),) $(if $(WORKERS),--sweep_workers $(WORKERS),)
+	$(BIN)/python benchmarks/reproduce.py $(REPRODUCE_LOGDIR)
 
 bench: $(VENV)/.runtime
 	$(BIN)/python benchmarks/bench.py $(DATA_FLAG)
