@@ -268,6 +268,9 @@ def test_module_entry_point_exit_status_and_no_traceback(tmp_path):
 
 def test_compare_refuses_training_flags(tmp_path, capsys):
     assert main(["--compare", str(tmp_path), "--n_epochs", "3"]) == 2
-    assert "--compare takes only --logdir and --format, not --n_epochs" in capsys.readouterr().err
+    assert (
+        "--compare takes only --logdir, --format, --group_by and --plot, not --n_epochs"
+        in capsys.readouterr().err
+    )
     with pytest.raises(UsageError, match="train nothing"):
         parse_command(["--format", "csv"])

@@ -17,7 +17,7 @@ def make_run(logdir, name, metrics=None, **flags):
     """A run folder as `runs.create` and `train.write_metrics` leave it."""
     folder = logdir / name
     folder.mkdir(parents=True)
-    config = Config(logdir=str(logdir), run_name=name, seed=1, **flags).to_dict()
+    config = Config(logdir=str(logdir), run_name=name, **{"seed": 1, **flags}).to_dict()
     (folder / "config.json").write_text(json.dumps(config))
     if metrics is not None:
         (folder / "metrics.json").write_text(json.dumps({"flags": config, **metrics}))
@@ -178,14 +178,15 @@ def run_cli(*args, flags=(), **kwargs):
 def test_cli_compare_uses_logdir_by_default_and_imports_no_tensorflow(logdir):
     # -X importtime lists every module the command imports, on stderr.
     result = run_cli(
-        "--compare", "--logdir", str(logdir), "--format", "csv", flags=["-X", "importtime"]
-    )
+        "--compare", "--logdir", str(logdir), "--format", "csv", "--group_by", "run",
+        flags=["-X", "importtime"],
+    )  # fmt: skip
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert result.returncode == 0 and "swsl_cli.runner.compare" in imported
-    assert not imported & {"tensorflow", "keras"}
+    assert not imported & {"tensorflow", "keras", "ray", "matplotlib"}
     assert result.stdout.splitlines()[1].startswith("a-sws,mnist,sws,2x2,")
     named = run_cli("--compare", str(logdir))
-    assert named.returncode == 0 and named.stdout.splitlines()[0].startswith("run ")
+    assert named.returncode == 0 and named.stdout.splitlines()[0].startswith("group ")
     missing = run_cli("--compare", str(logdir / "nowhere"))
     assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1
     assert "Traceback" not in missing.stderr
@@ -221,3 +222,137 @@ def test_a_reader_that_left_and_a_closed_stdout_end_quietly(logdir):
         "swsl-train --compare: error: standard output is closed; nowhere to print the table"
     )
     assert "Traceback" not in closed.stderr
+
+
+@pytest.fixture
+def seeds_logdir(tmp_path):
+    """A sweep's runs: conv and sws over seeds, a longer conv, one sws run interrupted and one
+    read from another data folder (a place, not a setting)."""
+    logdir = tmp_path / "tb"
+    figures = {
+        "conv_s0": (0.990, 0.980, 1000.0),
+        "conv_s1": (0.992, 0.985, 1100.0),
+        "conv_s2": (0.991, 0.970, 1200.0),
+        "sws_s0": (0.995, 0.990, 500.0),
+        "sws_s2": (0.993, 0.988, 700.0),
+    }
+    for name, (test, first, speed) in figures.items():
+        layer, seed = name.split("_s")
+        make_run(
+            logdir,
+            name,
+            {
+                "status": "completed",
+                "epochs": epochs(speed, speed, val_accuracy=first),
+                "test_accuracy": test,
+                "parameters": {"total": 100 if layer == "conv" else 300},
+            },
+            n_epochs=2,
+            layer=layer,
+            seed=int(seed),
+            data_dir=f"/data/{name}",
+        )
+    make_run(
+        logdir, "sws_s1", {"status": "interrupted", "epochs": epochs(600.0)}, n_epochs=2, seed=1
+    )
+    make_run(
+        logdir,
+        "conv-long_s0",
+        {"status": "completed", "epochs": epochs(900.0, 900.0, 900.0), "test_accuracy": 0.9},
+        n_epochs=3,
+        layer="conv",
+    )
+    return logdir
+
+
+def test_runs_that_differ_only_in_their_seed_form_a_group(seeds_logdir):
+    status, out, err = compare_output_grouped(seeds_logdir, None, "csv")
+    assert status == 0 and err == ""
+    rows = {row["group"]: row for row in csv.DictReader(io.StringIO(out))}
+    assert list(rows) == ["conv", "conv-long", "sws"]
+    conv, sws = rows["conv"], rows["sws"]
+    assert (conv["n"], conv["completed"], conv["layer"], conv["params"]) == (
+        "3",
+        "3",
+        "conv",
+        "100",
+    )
+    assert float(conv["test_accuracy_mean"]) == pytest.approx(0.991)
+    assert float(conv["test_accuracy_sd"]) == pytest.approx(0.001)
+    # Student's t with 2 degrees of freedom: 4.302653 x sd / sqrt(3).
+    half = 4.302653 * 0.001 / 3**0.5
+    assert float(conv["test_accuracy_ci95_low"]) == pytest.approx(0.991 - half, abs=1e-7)
+    assert float(conv["test_accuracy_ci95_high"]) == pytest.approx(0.991 + half, abs=1e-7)
+    assert float(conv["epoch1_accuracy_mean"]) == pytest.approx((0.98 + 0.985 + 0.97) / 3)
+    assert float(conv["images_per_s_mean"]) == pytest.approx(1100.0)
+    # The interrupted run counts for epoch 1 and speed, not for the test accuracy.
+    assert (sws["n"], sws["completed"], sws["test_accuracy_n"]) == ("3", "2", "2")
+    assert sws["epoch1_accuracy_n"] == "3" and sws["images_per_s_n"] == "3"
+    assert rows["conv-long"]["test_accuracy_sd"] == "" and rows["conv-long"]["n"] == "1"
+
+
+def compare_output_grouped(logdir, group_by, fmt="table", plot=None):
+    out, err = io.StringIO(), io.StringIO()
+    status = compare.main(str(logdir), fmt, stream=out, errors=err, group_by=group_by, plot=plot)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_grouped_table_and_markdown_show_mean_spread_and_interval(seeds_logdir):
+    _, out, _ = compare_output_grouped(seeds_logdir, None)
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "group", "n", "completed", "dataset", "layer", "params", "epochs",
+        "test_accuracy", "sd", "ci95", "epoch1_accuracy", "sd", "ci95",
+        "images_per_s", "sd", "ci95",
+    ]  # fmt: skip
+    assert lines[1].split() == [
+        "conv", "3", "3", "mnist", "conv", "100", "2", "0.9910", "0.0010", "±0.0025",
+        "0.9783", "0.0076", "±0.0190", "1100", "100", "±248",
+    ]  # fmt: skip
+    assert lines[2].split()[7:10] == ["0.9000", "-", "-"]  # one run: no spread
+    _, markdown, _ = compare_output_grouped(seeds_logdir, None, "markdown")
+    assert markdown.splitlines()[1].startswith("| --- | ---: | ---: | --- | --- | ---: |")
+    assert markdown.splitlines()[2].startswith("| conv | 3 | 3 | mnist | conv | 100 | 2 |")
+
+
+def test_group_by_chosen_settings_or_per_run(seeds_logdir, capsys):
+    _, out, _ = compare_output_grouped(seeds_logdir, ("layer",), "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["group"], r["n"], r["epochs"]) for r in rows] == [
+        ("layer=conv", "4", "*"),  # two budgets in one group: the column says it varies
+        ("layer=sws", "3", "2"),
+    ]
+    _, out, _ = compare_output_grouped(seeds_logdir, compare.PER_RUN)
+    assert [line.split()[0] for line in out.splitlines()] == [
+        "run", "conv-long_s0", "conv_s0", "conv_s1", "conv_s2", "sws_s0", "sws_s1", "sws_s2",
+    ]  # fmt: skip
+    assert compare.grouping("layer, n_filters") == ("layer", "n_filters")
+    from swsl_cli.runner.cli import main
+
+    assert main(["--compare", str(seeds_logdir), "--group_by", "layer,heads"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "swsl-train: error: --group_by: unknown setting 'heads'; give setting names"
+    )
+    assert main(["--group_by", "layer"]) == 2
+    assert "--group_by applies to --compare only" in capsys.readouterr().err
+
+
+def png_size(path):
+    """Width and height from a PNG's IHDR chunk."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_plot_draws_the_curves_and_the_parameters_of_each_group(seeds_logdir, tmp_path):
+    status, _, err = compare_output_grouped(seeds_logdir, None, plot=str(tmp_path / "out.png"))
+    assert status == 0
+    curves, params = tmp_path / "out_epochs.png", tmp_path / "out_params.png"
+    assert err == f"swsl-train --compare: plots: {curves}, {params}\n"
+    for path in (curves, params):
+        width, height = png_size(path)  # 10 x 5.5 inches at 120 dpi, and the legend beside
+        assert 1000 <= width <= 1800 and 550 <= height <= 800
+    status, _, err = compare_output_grouped(seeds_logdir, None, plot=str(tmp_path / "out.svg"))
+    assert status == 1 and err.endswith(
+        "--plot takes a .png file name, got '" + str(tmp_path / "out.svg") + "'\n"
+    )

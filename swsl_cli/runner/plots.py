@@ -107,8 +107,12 @@ def _draw_epochs(plt, groups, colors, path: Path) -> None:
     axes.set_ylabel("validation accuracy")
     axes.set_title("Validation accuracy per epoch")
     axes.set_xticks(range(1, longest + 1))
+    axes.set_xlim(0.5, longest + 0.5)
     axes.grid(alpha=0.3)
-    _legend_outside(axes, "line: mean over the runs\nband: lowest to highest run")
+    if longest == 1:
+        _legend_outside(axes, "point: mean over the runs\nbar: lowest to highest run")
+    else:
+        _legend_outside(axes, "line: mean over the runs\nband: lowest to highest run")
     figure.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(figure)
 
@@ -125,9 +129,17 @@ def _draw_params(plt, groups, colors, path: Path) -> None:
         seen[parameters] = repeats + 1
         x = parameters * SAME_COUNT_SPREAD**repeats
         error = None if summary.half_width is None else [[summary.half_width]] * 2
+        color = colors[index % len(colors)]
         axes.errorbar(
             [x], [summary.mean], yerr=error, fmt="o", markersize=7, capsize=5,
-            color=colors[index % len(colors)], label=f"{group.label} (n={summary.n})",
+            color=color, label=f"{group.label} (n={summary.n})",
+        )  # fmt: skip
+        # The name beside its point: right of the first at a count, left of the second, ...
+        left = repeats % 2 == 1
+        axes.annotate(
+            group.label, (x, summary.mean), xytext=(-9 if left else 9, -14 * (repeats // 2)),
+            textcoords="offset points", ha="right" if left else "left", va="center",
+            fontsize=FONT_SIZE - 1, color=color,
         )  # fmt: skip
         drawn += 1
     axes.set_xscale("log")
@@ -136,7 +148,11 @@ def _draw_params(plt, groups, colors, path: Path) -> None:
     axes.set_title("Test accuracy against parameter count")
     axes.grid(alpha=0.3, which="both")
     if drawn:
-        _legend_outside(axes, "point: mean test accuracy\nbar: 95 % interval (Student's t)")
+        _legend_outside(
+            axes,
+            "point: mean test accuracy\nbar: 95 % interval (Student's t)\n"
+            "equal counts are set slightly apart",
+        )
     else:
         axes.text(0.5, 0.5, "no completed run", ha="center", va="center", transform=axes.transAxes)
     figure.savefig(path, dpi=DPI, bbox_inches="tight")
