@@ -200,6 +200,16 @@ def test_run_folders_say_what_is_left_and_another_experiment_is_refused(tmp_path
         ("s0", "completed"), ("s1", "interrupted"), ("s2", "interrupted"), ("s3", "failed"),
         ("s4", "failed"), ("s5", "not started"),
     ]  # fmt: skip
+    # A process that failed: its last command's one-line error, and where its log is.
+    log = logdir / "sweep-logs" / "s5.log"
+    log.parent.mkdir()
+    log.write_text(
+        "$ swsl-train --seed 5\nswsl-train: interrupted by SIGINT while starting\n"
+        "$ swsl-train --seed 5\nswsl-train 0.3.1: new run\nswsl-train: error: no data here\n"
+    )
+    assert sweep.outcome(steps["s5"], logdir, 1) == sweep.Outcome(
+        "s5", "failed", f"swsl-train: error: no data here (log: {log})"
+    )
     summary = sweep.summary_lines(outcomes, 12.3)
     assert summary[0] == (
         "sweep: 6 trial(s): 1 completed, 2 interrupted, 2 failed, 1 not started; 12 s"

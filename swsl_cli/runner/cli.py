@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep_workers",
         type=positive_int,
         metavar="N",
-        help="--sweep: trials at once, each with cores / N CPUs (default: 1; on a Ray cluster "
-        "of RAY_ADDRESS, its cores)",
+        help="--sweep: trials at once, each with 1/N of the CPUs of this machine (or of the "
+        "Ray cluster of RAY_ADDRESS) (default: 1)",
     )
     sweeps.add_argument(
         "--sweep_set",

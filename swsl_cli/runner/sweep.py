@@ -389,12 +389,14 @@ class Outcome:
 
 
 def _last_error(log: Path) -> str:
-    """The last `swsl-train:` line of a trial's log (its one-line error), or the last line."""
+    """The last `swsl-train:` line (its one-line error) of the trial's last process in its
+    log, or that process's last line."""
     try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+        text = log.read_text(errors="replace")
     except OSError:
         return ""
-    lines = [line for line in lines if line]
+    last = text.rsplit(f"\n$ {PROG} ", 1)[-1]  # each process's output follows its command
+    lines = [line.strip() for line in last.splitlines()[1:] if line.strip()]
     errors = [line for line in lines if line.startswith(f"{PROG}:")]
     return (errors or lines or [""])[-1]
 
