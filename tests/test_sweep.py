@@ -312,14 +312,18 @@ def stopped_and_rerun(tmp_path_factory, tiny_npz):
         text=True, env=env,
     )  # fmt: skip
     lines = []
-    for line in driver.stdout:
-        lines.append(line)
-        if line.startswith("long_s0: epoch") and any(
-            earlier.startswith("quick_s0: completed") for earlier in lines
-        ):
-            driver.send_signal(signal.SIGINT)
-            break
-    out, err = driver.communicate(timeout=300)
+    try:
+        for line in driver.stdout:
+            lines.append(line)
+            if line.startswith("long_s0: epoch") and any(
+                earlier.startswith("quick_s0: completed") for earlier in lines
+            ):
+                driver.send_signal(signal.SIGINT)
+                break
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:  # it hung: end it, the test fails on its output
+            driver.kill()
     first = subprocess.CompletedProcess(driver.args, driver.returncode, "".join(lines) + out, err)
     quick_after_first = (tmp / "tb" / "quick_s0" / "metrics.json").read_text()
     long_after_first = metrics(tmp / "tb", "long_s0")
