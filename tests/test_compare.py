@@ -356,3 +356,17 @@ def test_plot_draws_the_curves_and_the_parameters_of_each_group(seeds_logdir, tm
     assert status == 1 and err.endswith(
         "--plot takes a .png file name, got '" + str(tmp_path / "out.svg") + "'\n"
     )
+
+
+def test_groups_with_the_same_name_are_told_apart_by_their_settings(tmp_path):
+    logdir = tmp_path / "tb"
+    done = {"status": "completed", "epochs": epochs(100.0), "test_accuracy": 0.9}
+    make_run(logdir, "x_s0", done, n_epochs=3, seed=0)
+    make_run(logdir, "x_s1", done, n_epochs=3, seed=1)
+    make_run(logdir, "y-x_s2", done, n_epochs=5, seed=2)  # another budget
+    make_run(logdir, "x_s3", done, n_epochs=5, seed=3)
+    labels = [g.label for g in compare.group_runs(compare.collect_figures(logdir, print))]
+    assert labels == ["n_epochs=5", "x"]
+    make_run(logdir, "x_s4", done, n_epochs=7, seed=4)
+    labels = [g.label for g in compare.group_runs(compare.collect_figures(logdir, print))]
+    assert labels == ["n_epochs=5", "x n_epochs=3", "x n_epochs=7"]

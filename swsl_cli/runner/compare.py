@@ -352,20 +352,25 @@ def _seed_key(run: RunFigures) -> tuple:
     )
 
 
+def _differing(key: tuple, keys: list[tuple]) -> str:
+    """The settings of `key` that some other group's key has another value of."""
+    others = [dict(other) for other in keys if other != key and other[0] != "run"]
+    return " ".join(
+        f"{name}={_setting_text(json.loads(value))}"
+        for name, value in dict(key).items()
+        if any(other.get(name) != value for other in others)
+    )
+
+
 def _label(runs: list[RunFigures], key: tuple, keys: list[tuple]) -> str:
     """A group's name: the runs' common name without its seed suffix (a sweep's
     `variant_grid_sN`), else the settings that tell it from the other groups."""
     stems = {SEED_SUFFIX.sub("", run.row.name) for run in runs}
     if len(stems) == 1 and "" not in stems:
         return stems.pop()
-    others = [dict(other) for other in keys if other != key and other[0] != "run"]
-    own = dict(key)
-    differing = [
-        f"{name}={_setting_text(json.loads(value))}"
-        for name, value in own.items()
-        if any(other.get(name) != value for other in others)
-    ]
-    return " ".join(differing) or ("all runs" if len(keys) == 1 else runs[0].row.name)
+    if key[0] == "run":
+        return runs[0].row.name
+    return _differing(key, keys) or ("all runs" if len(keys) == 1 else runs[0].row.name)
 
 
 def group_runs(runs: list[RunFigures], by: tuple[str, ...] | None = None) -> list[RunGroup]:
@@ -379,13 +384,19 @@ def group_runs(runs: list[RunFigures], by: tuple[str, ...] | None = None) -> lis
             key = tuple((name, _key_value(run.settings.get(name))) for name in by)
         members.setdefault(key, []).append(run)
     keys = list(members)
-    groups = []
+    labels = {}
     for key, group in members.items():
         if by is None:
-            label = _label(group, key, keys)
+            labels[key] = _label(group, key, keys)
         else:
-            label = " ".join(f"{name}={_setting_text(json.loads(value))}" for name, value in key)
-        groups.append(RunGroup(label, tuple(group)))
+            labels[key] = " ".join(
+                f"{name}={_setting_text(json.loads(value))}" for name, value in key
+            )
+    taken = [label for label in labels.values()]
+    for key, label in labels.items():
+        if taken.count(label) > 1 and key[0] != "run":  # e.g. the same names, another budget
+            labels[key] = f"{label} {_differing(key, keys)}".strip()
+    groups = [RunGroup(labels[key], tuple(group)) for key, group in members.items()]
     return sorted(groups, key=lambda group: group.label)
 
 
