@@ -214,7 +214,14 @@ def test_help_and_refusals_never_import_tensorflow(argv):
     )
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "swsl_cli.runner.cli" in imported
-    assert not imported & {"tensorflow", "keras", "tensorflow_datasets", "ray", "yaml", "matplotlib"}
+    assert not imported & {
+        "tensorflow",
+        "keras",
+        "tensorflow_datasets",
+        "ray",
+        "yaml",
+        "matplotlib",
+    }
     assert result.returncode in (0, 1, 2)
     assert result.returncode == 0 or "Traceback" not in result.stderr
 
