@@ -12,9 +12,6 @@ from swsl_cli import (
 from swsl_cli.runner.config import Config
 from swsl_cli.runner.model import augments_itself, build_model, parameter_counts, sws_layers
 
-# The comparison benchmark's wide conv baseline (benchmarks/comparison.yaml).
-WIDE_CONV_FILTERS = (96, 48)
-
 
 def layer_types(model):
     return [type(layer).__name__ for layer in model.layers]
@@ -130,14 +127,3 @@ def test_coordconv_layers_see_two_coordinate_channels_more():
     first, second = (model.get_layer(f"coordconv{i}") for i in (1, 2))
     assert tuple(first.kernel.shape) == (7, 7, 1 + 2, 4)
     assert tuple(second.kernel.shape) == (3, 3, 4 + 2, 6)
-
-
-@pytest.mark.parametrize("head", ["dense", "gap"])
-def test_the_wide_conv_baseline_has_the_sws_nets_parameter_count(head):
-    sws = parameter_counts(build_model(Config(head=head)))["total"]
-    wide = parameter_counts(
-        build_model(Config(layer="conv", n_filters=WIDE_CONV_FILTERS, head=head))
-    )
-    assert abs(wide["total"] - sws) / sws < 0.005
-    conv = parameter_counts(build_model(Config(layer="conv", head=head)))["total"]
-    assert sws - conv > 34000  # what the baseline makes up for

@@ -75,7 +75,7 @@ class LowRankLocallyConnected2D(BaseLocalConv2D):
             took 10.8 against 32.2 ms for the runner's first layer (input
             (64, 28, 28, 1), 24 filters of 7x7) and 10.8 against 17.4 ms for
             its second (input (64, 14, 14, 24), 48 filters of 3x3), and won
-            or tied at four larger shapes too (docs/benchmarks.md).
+            or tied at four other shapes (docs/benchmarks.md).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Weights:

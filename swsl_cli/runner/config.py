@@ -248,8 +248,8 @@ class Config:
     # Data.
     dataset: str = setting(
         "mnist",
-        "A tensorflow-datasets image classification set with 'image' and 'label' features and "
-        "fixed-size images (mnist, fashion_mnist, kmnist, emnist/letters, cifar10, cifar100, "
+        "A tensorflow-datasets image classification set with 'image' and 'label' (or "
+        "--label_key) features and fixed-size images (mnist, fashion_mnist, kmnist, emnist/letters, cifar10, cifar100, "
         "svhn_cropped, ...), or spatial_mnist: MNIST with a fixed rotation and inversion per "
         "quadrant",
         DATA,
