@@ -71,11 +71,12 @@ class LowRankLocallyConnected2D(BaseLocalConv2D):
             patches (`CellPatches`, as `LocallyConnected2D`): `rank` times
             fewer multiply-adds per image. `"auto"` (the default) takes
             `"local"`: forward and backward at rank 4 on a 2-core x86_64 CPU
-            (TF 2.21, `python benchmarks/bench.py --layer_steps_only`), it
-            took 10.8 against 32.2 ms for the runner's first layer (input
-            (64, 28, 28, 1), 24 filters of 7x7) and 10.8 against 17.4 ms for
-            its second (input (64, 14, 14, 24), 48 filters of 3x3), and won
-            or tied at four other shapes (docs/benchmarks.md).
+            (TF 2.21, `python benchmarks/bench.py --layer_steps_only`, two
+            runs), it took 10.8-12.8 against 32.2-35.0 ms for the runner's
+            first layer (input (64, 28, 28, 1), 24 filters of 7x7) and
+            10.8-11.6 against 17.4-18.5 ms for its second (input
+            (64, 14, 14, 24), 48 filters of 3x3), and won or tied at four
+            other shapes (docs/benchmarks.md).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Weights:
