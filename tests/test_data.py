@@ -610,4 +610,4 @@ def test_short_run_on_mocked_celeb_a_with_its_label_and_crop(tmp_path, monkeypat
     model = keras.models.load_model(tmp_path / "faces" / "model.keras")
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 2)
     # The first layer sees the colours and two coordinates; its picture shows the colours.
-    assert (tmp_path / "faces" / "kernel_images" / "coordconv1_weighted.png").is_file()
+    assert (tmp_path / "faces" / "kernel_images" / "coordconv1_kernels_full.png").is_file()

@@ -439,8 +439,13 @@ def _cli(args, env=None, **kwargs):
 
 
 def _installed_command_env():
-    """PATH with this interpreter's scripts first, so `swsl-train` is the installed command."""
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    """PATH with this interpreter's scripts first, so `swsl-train` is the installed command,
+    and the tests' import path, so that it runs the code under test (as `_cli` does)."""
+    return {
+        **os.environ,
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -774,8 +779,12 @@ def test_killed_mid_training_resumes_from_the_last_complete_epoch(tmp_path, mnis
         ),
         (dict(layer="conv"), ("conv1", "conv2"), ("conv1_kernels.png", "conv1_kernels_full.png")),
         (dict(kcp_init="shared", n_centroids=13), ("sws1", "sws2"), ("sws1_centroids.png",)),
-        (dict(layer="lrlc", head="gap"), ("lrlc1", "lrlc2"), ("lrlc2_weighted.png",)),
-        (dict(layer="coordconv"), ("coordconv1", "coordconv2"), ("coordconv1_weighted.png",)),
+        (
+            dict(layer="lrlc", head="gap"),
+            ("lrlc1", "lrlc2"),
+            ("lrlc2_kernels.png", "lrlc2_specialisation.png"),
+        ),
+        (dict(layer="coordconv"), ("coordconv1", "coordconv2"), ("coordconv1_kernels_full.png",)),
     ],
 )
 def test_every_layer_kind_trains_and_reports_its_parameters(
