@@ -39,7 +39,8 @@ $(VENV)/.test: $(VENV)/.runtime
 install: $(VENV)/.runtime
 install-test: $(VENV)/.test
 
-LAYER_TESTS := tests/test_layers.py tests/test_locally_connected.py tests/test_lrn.py \
+LAYER_TESTS := tests/test_layers.py tests/test_locally_connected.py tests/test_low_rank_local.py \
+	tests/test_coordinates.py tests/test_lrn.py \
 	tests/test_optimizers.py tests/test_visualize.py
 
 test: $(VENV)/.test

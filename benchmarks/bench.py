@@ -24,7 +24,11 @@ os.environ["KERAS_BACKEND"] = "tensorflow"  # the runner's pipeline and tf.funct
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from swsl_cli.layers import LocallyConnected2D, SoftWeightSharingConv2D  # noqa: E402
+from swsl_cli.layers import (  # noqa: E402
+    LocallyConnected2D,
+    LowRankLocallyConnected2D,
+    SoftWeightSharingConv2D,
+)
 from swsl_cli.runner import data, train  # noqa: E402
 from swsl_cli.runner.augment import Augmentation  # noqa: E402
 from swsl_cli.runner.config import Config  # noqa: E402
@@ -87,13 +91,16 @@ def fit_throughput(
     return len(arrays.x_train) / min(timer.seconds[1:])
 
 
-# Each layer kind of the table, and for an SWS layer its (implementation, centroids_trainable).
+# Each layer kind of the table; for an SWS layer its (implementation, centroids_trainable),
+# for an LRLC layer (rank 4, row and column logits) its implementation.
 LAYER_KINDS = {
     "Conv2D": None,
     "SWS conv": ("conv", True),
     "SWS local": ("local", True),
     "SWS local, fixed centroids": ("local", False),
     "LocallyConnected2D": None,
+    "LRLC conv": "conv",
+    "LRLC local": "local",
 }
 
 
@@ -102,13 +109,19 @@ def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool
 
     `kind` is one of `LAYER_KINDS`: the baseline `Conv2D`, an SWS
     implementation with 2x2 per-feature centroids (trainable, or fixed as in
-    the default network), or `LocallyConnected2D`; all pad "same". The input
-    gradient is taken only where the model needs it (not for the first layer).
+    the default network), `LocallyConnected2D`, or an implementation of
+    `LowRankLocallyConnected2D` (rank 4, as `--layer lrlc`); all pad "same".
+    The input gradient is taken only where the model needs it (not for the
+    first layer).
     """
     if kind == "Conv2D":
         layer = keras.layers.Conv2D(filters, kernel, padding="same")
     elif kind == "LocallyConnected2D":
         layer = LocallyConnected2D(filters, kernel, padding="same")
+    elif kind.startswith("LRLC"):
+        layer = LowRankLocallyConnected2D(
+            filters, kernel, rank=4, padding="same", implementation=LAYER_KINDS[kind]
+        )
     else:
         implementation, trainable = LAYER_KINDS[kind]
         layer = SoftWeightSharingConv2D(
@@ -193,6 +206,11 @@ def main() -> int:
     )
     parser.add_argument("--images", type=int, default=3200, help="images per timed fit")
     parser.add_argument("--out", default="bench-out/bench.md")
+    parser.add_argument(
+        "--layer_steps_only",
+        action="store_true",
+        help="only the layer steps (forward + backward of each layer kind at the net's shapes)",
+    )
     args = parser.parse_args()
 
     arrays = (
@@ -204,6 +222,15 @@ def main() -> int:
         rows.append((name, value, unit, note))
         print(f"{name}: {value:.3f} {unit} {note}", flush=True)
 
+    if not args.layer_steps_only:
+        net_figures(arrays, add)
+    layer_step_figures(add)
+    write_table(rows, Path(args.out))
+    return 0
+
+
+def net_figures(arrays: data.ImageArrays, add) -> None:
+    """The nets' fit throughputs, the runner's overhead and the start-up times."""
     # The three nets take turns for two rounds, so a change in the machine's
     # load reaches each alike; each keeps its best.
     nets = {layer: 0.0 for layer in ("sws", "conv", "local")}
@@ -245,6 +272,9 @@ def main() -> int:
     add("time to first training step", first_step, "s", "from run() start, data loaded")
     add("swsl-train --help", help_seconds(), "s", "median of 5; goal <= 0.3")
 
+
+def layer_step_figures(add) -> None:
+    """Forward + backward of every layer kind at the net's two layers' shapes."""
     for name, shape, filters, kernel, input_gradient in (
         ("layer 1", (64, 28, 28, 1), 24, 7, False),
         ("layer 2", (64, 14, 14, 24), 48, 3, True),
@@ -261,6 +291,9 @@ def main() -> int:
                 ratio + f"input {shape}" + ("" if input_gradient else ", no input gradient"),
             )
 
+
+def write_table(rows: list, out: Path) -> None:
+    """The figures as one markdown table in `out`, printed too."""
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}"
     )
@@ -271,11 +304,9 @@ def main() -> int:
         "| --- | ---: | --- | --- |",
     ]
     table += [f"| {n} | {v:.3f} | {u} | {note} |" for n, v, u, note in rows]
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(table) + "\n")
     print("\n".join(table))
-    return 0
 
 
 if __name__ == "__main__":

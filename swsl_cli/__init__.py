@@ -16,9 +16,11 @@ import sys
 
 __version__ = "0.3.1"
 PUBLIC_NAMES = (
+    "CoordinateChannels",
     "FusedAdam",
     "LocallyConnected2D",
     "LocalResponseNormalization",
+    "LowRankLocallyConnected2D",
     "SoftWeightSharingConv2D",
 )
 __all__ = [*PUBLIC_NAMES, "__version__"]

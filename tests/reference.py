@@ -1,7 +1,7 @@
 """Independent numpy references, written from the formulas with loops in float64.
 
-The SISWS formula, a locally connected layer and its gradients, and local
-response normalisation.
+The SISWS formula, a locally connected layer and its gradients, the low-rank
+locally connected layer, and local response normalisation.
 """
 
 import numpy as np
@@ -133,6 +133,52 @@ def locally_connected_gradients(x, kernel, upstream, strides, padding):
             d_pad[:, rs, cs] += np.tensordot(g, kernel[i, j], axes=([1], [3]))
     d_inputs = d_pad[:, top : top + rows, left : left + cols]
     return d_inputs, d_kernel, upstream.sum(0)
+
+
+def low_rank_locally_connected(
+    x,
+    bases,
+    strides,
+    padding,
+    bias=None,
+    row_logits=None,
+    col_logits=None,
+    logits=None,
+    row_bias=None,
+    col_bias=None,
+    cell_bias=None,
+):
+    """LRLC, NHWC: `(kh, kw, C, F, K)` bases mixed per output cell by a softmax over K.
+
+    The logits of cell `(i, j)` are `row_logits[i] + col_logits[j]`, or
+    `logits[i, j]`; its kernel is `sum_k softmax(logits)_k * bases[..., k]`,
+    its bias `bias[f]` plus `row_bias[i] + col_bias[j]` or `cell_bias[i, j]`.
+    Each cell's kernel and bias then go through `locally_connected`.
+    """
+    if logits is None:
+        out_rows, out_cols = len(row_logits), len(col_logits)
+    else:
+        out_rows, out_cols = logits.shape[:2]
+    kh, kw, channels, filters, rank = bases.shape
+    kernels = np.zeros((out_rows, out_cols, kh, kw, channels, filters))
+    biases = np.zeros((out_rows, out_cols, filters))
+    for i in range(out_rows):
+        for j in range(out_cols):
+            if logits is None:
+                z = np.asarray(row_logits[i], np.float64) + col_logits[j]
+            else:
+                z = np.asarray(logits[i, j], np.float64)
+            weights = np.exp(z - z.max())
+            weights /= weights.sum()
+            for k in range(rank):
+                kernels[i, j] += weights[k] * bases[..., k]
+            if bias is not None:
+                biases[i, j] += bias
+            if row_bias is not None:
+                biases[i, j] += row_bias[i] + col_bias[j]
+            if cell_bias is not None:
+                biases[i, j] += cell_bias[i, j]
+    return locally_connected(x, kernels, biases, strides, padding)
 
 
 def local_response_normalization(x, radius=5, bias=1.0, alpha=1e-4, beta=0.75):

@@ -69,7 +69,12 @@ def test_help_shows_every_default_from_config():
         ("--warmup_epochs WARMUP_EPOCHS", "(default: 0.2)"),
         ("--ema MOMENTUM", "(default: 0.99)"),
         ("--lr_decay LR_DECAY", "(default: 0.75)"),
-        ("--layer {sws,conv,local}", "(default: sws)"),
+        ("--layer {sws,conv,local,lrlc,coordconv}", "(default: sws)"),
+        ("--head {dense,gap}", "(default: dense)"),
+        ("--scaling SCALING", "(default: 1.0)"),
+        ("--rank K", "(default: 4)"),
+        ("--combining {row_col,free}", "(default: row_col)"),
+        ("--label_key KEY", "(default: label)"),
         ("--kcp_init {independent,shared}", "(default: shared)"),
         ("--jit_compile {off,on}", "(default: off)"),
         ("--color_coding, --no-color_coding", "(default: False)"),
@@ -77,6 +82,20 @@ def test_help_shows_every_default_from_config():
         assert entries[flag].endswith(default), entries[flag]
     text = " ".join(build_parser().format_help().split())
     assert "(default: None)" not in text and "SUPPRESS" not in text
+
+
+def test_the_comparison_flags():
+    config = parse_args(
+        "--layer lrlc --rank 6 --combining free --head gap --dataset celeb_a "
+        "--label_key attributes/Male --image_size 32 --center_crop 0.775".split()
+    )
+    assert (config.layer, config.rank, config.combining, config.head) == ("lrlc", 6, "free", "gap")
+    assert (config.label_key, config.image_size, config.center_crop) == (
+        "attributes/Male",
+        32,
+        0.775,
+    )
+    assert parse_args(["--scaling", "2.5"]).scaling == 2.5
 
 
 def test_color_coding_can_be_turned_on_and_off():
@@ -165,6 +184,15 @@ REFUSALS = [
     (["--ema", "0.99999999"], "argument --ema: must be >= 0 and <= 0.9999"),
     (["--ema", "-0.1"], "argument --ema: must be >= 0"),
     (["--unknown_flag"], "unrecognized arguments: --unknown_flag"),
+    (["--head", "flatten"], "invalid choice: 'flatten'"),
+    (["--layer", "lrlc", "--rank", "0"], "argument --rank: must be >= 1 and <= 1024, got '0'"),
+    (["--scaling", "0"], "argument --scaling: must be > 0 and <= 10, got '0'"),
+    (["--combining", "rows"], "invalid choice: 'rows'"),
+    (["--rank", "4"], "--rank applies to --layer lrlc, not sws"),
+    (["--layer", "conv", "--combining", "free"], "--combining applies to --layer lrlc, not conv"),
+    (["--layer", "lrlc", "--scaling", "2"], "--scaling applies to --layer sws, not lrlc"),
+    (["--image_size", "3"], "argument --image_size: must be >= 4 and <= 1024, got '3'"),
+    (["--center_crop", "0"], "argument --center_crop: must be > 0 and <= 1, got '0'"),
 ]
 
 

@@ -44,9 +44,15 @@ def test_default_run_names_say_what_the_run_is():
     assert Config().default_run_name(stamp) == f"sws-g2x2_f24-48_e10_{stamp}"
     trainable = Config(n_centroids=5, centroids_trainable=True, n_epochs=3)
     assert trainable.default_run_name(stamp) == f"sws-r5_trainable_f24-48_e3_{stamp}"
-    for layer in ("conv", "local"):
+    for layer in ("conv", "local", "coordconv"):
         named = Config(layer=layer, centroids_trainable=True).default_run_name(stamp)
         assert named == f"{layer}_f24-48_e10_{stamp}"
+    lrlc = Config(layer="lrlc", rank=6, combining="free", head="gap", scaling=3)
+    assert lrlc.default_run_name(stamp) == f"lrlc-k6-free_gap_f24-48_e10_{stamp}"
+    sharp = Config(scaling=2.5, head="gap", n_epochs=3)
+    assert sharp.default_run_name(stamp) == f"sws-g2x2-s2.5_gap_f24-48_e3_{stamp}"
+    faces = Config(dataset="celeb_a", label_key="attributes/Male", image_size=32, layer="conv")
+    assert faces.default_run_name(stamp) == f"celeb_a_attributes-Male_32px_conv_f24-48_e10_{stamp}"
 
 
 def test_centroids_argument_prefers_random_centroids():
@@ -64,7 +70,8 @@ def test_resume_overrides_are_fields():
     [
         (
             dict(layer="foo"),
-            "Invalid layer: must be one of sws, conv, local. Received layer='foo'.",
+            "Invalid layer: must be one of sws, conv, local, lrlc, coordconv. Received "
+            "layer='foo'.",
         ),
         (dict(lr_schedule="linear"), "Invalid lr_schedule: must be one of cosine, exponential"),
         (dict(n_epochs=0), "Invalid n_epochs: must be >= 1 and <= 100000. Received n_epochs=0."),
@@ -85,6 +92,16 @@ def test_resume_overrides_are_fields():
         (dict(logdir=""), "Invalid logdir: must not be empty"),
         (dict(n_centroids=0), "Invalid n_centroids: must be >= 1"),
         (dict(deterministic="no"), "Expected deterministic to be true, false or None"),
+        (dict(head="flatten"), "Invalid head: must be one of dense, gap. Received head='flatten'."),
+        (dict(scaling=0.0), "Invalid scaling: must be > 0 and <= 10. Received scaling=0.0."),
+        (dict(rank=0), "Invalid rank: must be >= 1 and <= 1024. Received rank=0."),
+        (dict(combining="rows"), "Invalid combining: must be one of row_col, free"),
+        (dict(label_key=""), "Invalid label_key: must not be empty"),
+        (
+            dict(image_size=2),
+            "Invalid image_size: must be >= 4 and <= 1024. Received image_size=2.",
+        ),
+        (dict(center_crop=1.5), "Invalid center_crop: must be > 0 and <= 1"),
     ],
 )
 def test_config_validates_itself_naming_the_setting_and_the_value(values, message):
@@ -110,11 +127,13 @@ def test_the_lists_are_derived_from_the_declarations():
     }  # fmt: skip
     assert set(LEGACY_SETTINGS) == {
         "lr_schedule", "warmup_epochs", "ema", "max_rotation", "max_zoom", "kcp_init", "ema_warmup",
+        "head", "scaling", "label_key", "image_size", "center_crop",
     }  # fmt: skip
     assert "n_epochs" in HPARAMS and not {"logdir", "data_dir", "quiet", "deterministic"} & set(
         HPARAMS
     )
     assert KEY_HPARAMS == ("centroid_grid", "n_centroids", "n_filters", "dataset", "layer")
+    assert {"head", "scaling", "rank", "combining", "label_key", "image_size"} <= set(HPARAMS)
     assert set(DECLARATIONS) == {f.name for f in dataclasses.fields(Config)} - {"deterministic"}
 
 
@@ -125,6 +144,19 @@ def test_settings_that_do_not_apply_are_known():
         "lr_decay"
     )
     assert Config(layer="local").applies("n_filters")
+    assert Config().applies("scaling") and not Config(layer="lrlc").applies("scaling")
+    for name in ("rank", "combining"):
+        assert Config(layer="lrlc").applies(name) and not Config().applies(name)
+    assert all(Config(layer=layer).applies("head") for layer in ("sws", "conv", "lrlc"))
+
+
+def test_a_saved_run_from_before_the_comparison_settings_resumes_as_it_trained():
+    saved = Config(layer="conv").to_dict()
+    for name in ("head", "scaling", "rank", "combining", "label_key", "image_size", "center_crop"):
+        del saved[name]
+    config = Config.from_dict(json.loads(json.dumps(saved)))
+    assert (config.head, config.scaling, config.label_key) == ("dense", 1.0, "label")
+    assert (config.image_size, config.center_crop) == (None, None)
 
 
 def test_default_run_names_name_a_dataset_other_than_mnist():

@@ -327,6 +327,71 @@ def test_mocked_tfds_sets(monkeypatch, name, val_split, shape, classes):
     assert (arrays.x_val is not None) == (val_split is not None)
 
 
+def mocked_celeb_a_split(split):
+    """The images and `attributes/Male` of mocked celeb_a's `split`, read straight from TFDS."""
+    examples = list(tfds.as_numpy(tfds.builder("celeb_a").as_dataset(split=split)))
+    images = np.stack([e["image"] for e in examples])
+    return images, np.array([e["attributes"]["Male"] for e in examples])
+
+
+def test_label_key_reads_a_nested_boolean_feature_and_crops_as_lrlcs_celeba(monkeypatch):
+    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
+    crop = data.CropResize(size=32, crop=0.775)
+    with tfds.testing.mock_data(num_examples=12):
+        arrays = data.load_dataset("celeb_a", None, "validation", "attributes/Male", crop)
+        images, male = mocked_celeb_a_split("train")
+    assert images.shape == (12, 218, 178, 3)
+    assert arrays.x_train.shape == (12, 32, 32, 3) and arrays.x_val.shape == (12, 32, 32, 3)
+    assert arrays.x_train.dtype == np.uint8 and arrays.num_classes == 2
+    np.testing.assert_array_equal(arrays.y_train, male.astype(np.int32))  # True is class 1
+    assert crop.crop_box(218, 178) == (40, 20, 138)  # LRLC's crop: rows 40-177, cols 20-157
+    expected = data.CropResize(size=32).arrays(images[:, 40:178, 20:158])
+    np.testing.assert_array_equal(arrays.x_train, expected)
+    assert arrays.source.endswith(
+        ", labels attributes/Male, centre crop 0.775, resized to 32x32 (bicubic)"
+    )
+
+
+def test_an_unknown_label_key_lists_the_features_there_are(monkeypatch):
+    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
+    with tfds.testing.mock_data(num_examples=4):
+        with pytest.raises(data.DataError) as error:
+            data.load_dataset("celeb_a", None, None, "attributes/male")
+    message = str(error.value)
+    assert message.startswith("--label_key attributes/male: celeb_a has no such feature (it has")
+    assert "attributes/Male" in message and message.count(",") < 20 and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "source, what",
+    [("npz", "the npz"), ("idx", "the IDX files in"), ("spatial", "spatial_mnist")],
+)
+def test_label_key_is_refused_where_labels_have_no_names(tmp_path, small_idx_dir, source, what):
+    where = {"npz": save_npz(tmp_path / "a.npz"), "idx": small_idx_dir, "spatial": small_idx_dir}
+    name = "spatial_mnist" if source == "spatial" else "mnist"
+    with pytest.raises(data.DataError, match=f"--label_key attributes/Male: {what}"):
+        data.load_dataset(name, str(where[source]), None, "attributes/Male")
+
+
+def test_crop_and_resize_of_arrays_from_any_source(tmp_path):
+    rng = np.random.default_rng(3)
+    x_train = rng.integers(0, 256, (5, 20, 24, 3), dtype=np.uint8)
+    path = save_npz(
+        tmp_path / "a.npz", x_train=x_train, y_train=np.arange(5), x_test=x_train[:2], y_test=[0, 1]
+    )
+    cropped = data.load_dataset("a", str(path), crop=data.CropResize(crop=0.5))
+    np.testing.assert_array_equal(cropped.x_train, x_train[:, 5:15, 7:17])  # centred 10x10
+    assert cropped.source.endswith(", centre crop 0.5")
+    resized = data.load_dataset("a", str(path), crop=data.CropResize(size=8))
+    assert resized.x_train.shape == (5, 8, 8, 3) and resized.x_test.shape == (2, 8, 8, 3)
+    assert resized.source.endswith(", centre crop square, resized to 8x8 (bicubic)")
+    flat = data.CropResize(size=6).arrays(np.full((2, 9, 12, 1), 77, np.uint8))
+    np.testing.assert_array_equal(flat, np.full((2, 6, 6, 1), 77, np.uint8))
+    grey = data.load_dataset("a", str(save_npz(tmp_path / "b.npz")), crop=data.CropResize(size=32))
+    assert grey.image_shape == (32, 32, 1)  # enlarging works too
+    assert data.CropResize().on(grey) is grey
+
+
 def test_offline_without_prepared_tfds_fails_fast_naming_the_fix(tmp_path):
     start = time.monotonic()
     with pytest.raises(data.DataError, match="--data_dir") as error:
@@ -373,17 +438,39 @@ def test_unknown_dataset_name():
         ({"image": tfds.features.Image(shape=(8, 8, 1))}, "lacks the feature 'label'"),
         (
             {
+                "image": tfds.features.Image(shape=(8, 8, 1)),
+                "label": tfds.features.Tensor(shape=(3,), dtype=np.int64),
+            },
+            "not integer class labels",
+        ),
+        (
+            {
                 "image": tfds.features.Image(shape=(8, 8, 1), dtype=np.uint16),
                 "label": tfds.features.ClassLabel(num_classes=2),
             },
             "images are uint16",
         ),
     ],
-    ids=["varying-size", "float-label", "no-label", "uint16"],
+    ids=["varying-size", "float-label", "no-label", "vector-label", "uint16"],
 )
 def test_tfds_metadata_refusals(features, message):
     with pytest.raises(data.DataError, match=f"some_set: .*{message}|some_set {message}"):
         data.tfds_metadata("some_set", tfds.features.FeaturesDict(features))
+
+
+def test_tfds_metadata_of_boolean_and_integer_labels():
+    features = tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(8, 8, 3)),
+            "flags": {"smiling": tfds.features.Tensor(shape=(), dtype=np.bool_)},
+            "count": tfds.features.Tensor(shape=(), dtype=np.int64),
+        }
+    )
+    assert data.tfds_metadata("s", features, "flags/smiling") == ((8, 8, 3), 2)
+    assert data.tfds_metadata("s", features, "count") == ((8, 8, 3), None)  # largest + 1
+    assert data.feature_paths(features) == ["image", "flags/smiling", "count"]
+    with pytest.raises(data.DataError, match="lacks the feature 'label'.*--label_key"):
+        data.tfds_metadata("s", features)
 
 
 def test_bundled_mnist_when_nothing_else_is_there_and_no_tfds_warning(
@@ -397,6 +484,8 @@ def test_bundled_mnist_when_nothing_else_is_there_and_no_tfds_warning(
     assert not [r for r in caplog.records if "dataset_info" in r.getMessage()]
     with pytest.raises(data.DataError, match="bundled MNIST holds train and test only"):
         data.load_dataset("mnist", None, "validation")
+    with pytest.raises(data.DataError, match="--label_key digit: the bundled MNIST holds one"):
+        data.load_dataset("mnist", None, None, "digit")
 
 
 def test_bundled_mnist_when_the_tfds_download_fails(tmp_path, monkeypatch):
@@ -494,3 +583,31 @@ def test_short_run_on_mocked_cifar10(tmp_path, monkeypatch):
     model = keras.models.load_model(tmp_path / "cifar" / "model.keras")
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
     assert len(list((tmp_path / "cifar" / "kernel_images").glob("sws1_*.png"))) >= 3
+
+
+def test_short_run_on_mocked_celeb_a_with_its_label_and_crop(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
+    config = Config(
+        dataset="celeb_a",
+        label_key="attributes/Male",
+        image_size=32,
+        center_crop=0.775,
+        layer="coordconv",
+        head="gap",
+        logdir=str(tmp_path),
+        run_name="faces",
+        n_epochs=1,
+        n_filters=(4, 6),
+        batch_size=16,
+        seed=3,
+        quiet=True,
+    )
+    with tfds.testing.mock_data(num_examples=32), open(os.devnull, "w") as sink:
+        assert train.run(config, stream=sink) == 0
+    metrics = json.loads((tmp_path / "faces" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["flags"]["label_key"] == "attributes/Male"
+    assert "labels attributes/Male, centre crop 0.775, resized to 32x32" in metrics["data"]
+    model = keras.models.load_model(tmp_path / "faces" / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 2)
+    # The first layer sees the colours and two coordinates; its picture shows the colours.
+    assert (tmp_path / "faces" / "kernel_images" / "coordconv1_kernels_full.png").is_file()

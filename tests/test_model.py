@@ -1,10 +1,16 @@
-"""The seed network in its soft and hard weight sharing variants."""
+"""The seed network with every layer kind and both heads."""
 
 import keras
+import pytest
 
-from swsl_cli import LocalResponseNormalization, SoftWeightSharingConv2D
+from swsl_cli import (
+    CoordinateChannels,
+    LocalResponseNormalization,
+    LowRankLocallyConnected2D,
+    SoftWeightSharingConv2D,
+)
 from swsl_cli.runner.config import Config
-from swsl_cli.runner.model import augments_itself, build_model, sws_layers
+from swsl_cli.runner.model import augments_itself, build_model, parameter_counts, sws_layers
 
 
 def layer_types(model):
@@ -78,3 +84,46 @@ def test_the_model_holds_no_augmentation_the_pipeline_does():
     shifted = keras.layers.RandomTranslation(0.1, 0.1, name="shift")(inputs)
     legacy = keras.Model(inputs, model(shifted))
     assert augments_itself(legacy)
+
+
+def test_gap_head_pools_the_features_straight_into_the_classes():
+    model = build_model(Config(head="gap", n_filters=(4, 6)), num_classes=7)
+    assert layer_types(model)[-3:] == [
+        "LocalResponseNormalization",
+        "GlobalAveragePooling2D",
+        "Dense",
+    ]
+    assert [layer.name for layer in model.layers[-2:]] == ["gap", "probs"]
+    assert model.output_shape == (None, 7)
+    assert parameter_counts(model)["probs"] == 6 * 7 + 7
+
+
+@pytest.mark.parametrize(
+    "flags, names, kind",
+    [
+        (
+            dict(layer="lrlc", rank=3, combining="free"),
+            ("lrlc1", "lrlc2"),
+            LowRankLocallyConnected2D,
+        ),
+        (dict(layer="coordconv"), ("coordconv1", "coordconv2"), keras.layers.Conv2D),
+        (dict(scaling=2.5), ("sws1", "sws2"), SoftWeightSharingConv2D),
+    ],
+)
+def test_every_layer_kind_is_built_in_both_places_with_its_flags(flags, names, kind):
+    model = build_model(Config(n_filters=(4, 6), **flags))
+    layers = [model.get_layer(name) for name in names]
+    assert all(type(layer) is kind for layer in layers)
+    assert [(layer.filters, layer.kernel_size) for layer in layers] == [(4, (7, 7)), (6, (3, 3))]
+    if kind is LowRankLocallyConnected2D:
+        assert all(layer.rank == 3 and layer.combining == "free" for layer in layers)
+    if kind is SoftWeightSharingConv2D:
+        assert all(layer.scaling == 2.5 for layer in layers)
+
+
+def test_coordconv_layers_see_two_coordinate_channels_more():
+    model = build_model(Config(layer="coordconv", n_filters=(4, 6)))
+    assert [type(model.get_layer(f"coords{i}")) for i in (1, 2)] == [CoordinateChannels] * 2
+    first, second = (model.get_layer(f"coordconv{i}") for i in (1, 2))
+    assert tuple(first.kernel.shape) == (7, 7, 1 + 2, 4)
+    assert tuple(second.kernel.shape) == (3, 3, 4 + 2, 6)

@@ -9,7 +9,12 @@ from tensorboard.plugins.hparams import backend_context
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from swsl_cli import visualize
-from swsl_cli.layers import LocallyConnected2D, SoftWeightSharingConv2D
+from swsl_cli.layers import (
+    CoordinateChannels,
+    LocallyConnected2D,
+    LowRankLocallyConnected2D,
+    SoftWeightSharingConv2D,
+)
 from swsl_cli.runner import runs, summaries
 from swsl_cli.runner.config import Config
 
@@ -96,6 +101,39 @@ def test_the_real_locally_connected_layer_is_drawn_from_its_own_per_cell_kernels
         local_view.specialisation, visualize.specialisation_map(cells), rtol=1e-6
     )
     assert local_view.specialisation[9, 6] > local_view.specialisation[0, 0] > 0
+
+
+def test_the_low_rank_layer_is_drawn_from_its_mixed_bases(rng):
+    inputs = keras.Input((12, 12, 2))
+    lrlc = LowRankLocallyConnected2D(4, 3, rank=3, padding="same", combining="free", name="lrlc")
+    model = keras.Model(inputs, lrlc(inputs))
+    (start,) = summaries.layer_views(model)
+    np.testing.assert_allclose(start.specialisation, 0, atol=1e-6)  # a convolution at step 0
+    lrlc.logits.assign(rng.normal(size=lrlc.logits.shape).astype("float32"))
+    (view,) = summaries.layer_views(model)
+    kernels = lrlc.local_kernels()
+    assert view.name == "lrlc" and view.cell_kernels.shape == (4, 4, 3, 3, 2, 4)
+    np.testing.assert_allclose(view.cell_kernels, kernels[::3, ::3])
+    np.testing.assert_allclose(view.specialisation, visualize.specialisation_map(kernels))
+    assert view.specialisation.min() > 0
+    assert set(summaries.png_pictures(view, color_coding=True)) == {
+        "kernels",
+        "specialisation",
+        "kernels_full",
+    }
+
+
+def test_a_coordconv_layer_on_colour_images_is_drawn_from_its_colour_channels():
+    inputs = keras.Input((16, 16, 3))
+    conv = keras.layers.Conv2D(5, 3, padding="same", name="coordconv1")
+    model = keras.Model(inputs, conv(CoordinateChannels()(inputs)))
+    (view,) = summaries.layer_views(model)
+    assert view.rgb and view.cell_kernels.shape[4:] == (3, 5)
+    assert view.summary_kernels.shape[4:] == (3, 5)
+    kernel = keras.ops.convert_to_numpy(conv.kernel)
+    np.testing.assert_allclose(view.cell_kernels[0, 0], kernel[..., :3, :])
+    pictures = summaries.png_pictures(view, color_coding=False)
+    assert pictures["kernels"].shape[-1] == 3 and pictures["kernels_full"].shape[-1] == 3
 
 
 def test_sws_view_mixes_its_kcp_kernels_at_the_drawn_cells():
@@ -256,10 +294,12 @@ def test_hparams_hold_the_settings_that_apply_and_tensorboard_finds_what_differs
     assert start.hparams["color_coding"].bool_value is False
     assert not {"logdir", "run_name", "resume", "quiet", "data_dir", "peer_timeout"} & set(values)
     assert "lr_decay" not in values  # the cosine schedule has no decay factor
+    assert start.hparams["scaling"].number_value == 1.0 and start.hparams["head"].string_value
+    assert not {"rank", "combining"} & set(values)  # lrlc's only
     conv = hparams_metadata.parse_session_start_info_plugin_data(
         contents["conv-run"][hparams_metadata.SESSION_START_INFO_TAG]
     )
-    assert not {"centroid_grid", "centroids_trainable", "kcp_init"} & set(conv.hparams)
+    assert not {"centroid_grid", "centroids_trainable", "kcp_init", "scaling"} & set(conv.hparams)
     # No experiment summary: TensorBoard infers the columns from the runs, with its own code,
     # and marks the settings whose values differ; they are the ones shown first.
     assert all(hparams_metadata.EXPERIMENT_TAG not in content for content in contents.values())

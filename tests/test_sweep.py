@@ -101,14 +101,14 @@ def test_sweep_set_overrides_every_trial_and_replaces_a_grid_dimension(tmp_path)
     "text, message",
     [
         (
-            "grid: {dataset: [mnist]}\nvariants: {conv: {layer: conv, head: gap}}\n",
-            "trial conv_mnist_s0: unknown flag --head (see swsl-train --help)",
+            "grid: {dataset: [mnist]}\nvariants: {conv: {layer: conv, colour: red}}\n",
+            "trial conv_mnist_s0: unknown flag --colour (see swsl-train --help)",
         ),
         (
             "fixed: {n_epochs: 0}\n",
             "trial s0: argument --n_epochs: must be >= 1 and <= 100000, got '0'",
         ),
-        ("fixed: {layer: lrlc}\n", "trial s0: argument --layer: invalid choice: 'lrlc'"),
+        ("fixed: {layer: dense}\n", "trial s0: argument --layer: invalid choice: 'dense'"),
         ("fixed: {n_filters: 8}\n", "trial s0: argument --n_filters: expected 2 arguments"),
         ("fixed: {centroids_trainable: yes please}\n", "takes true or false, got 'yes please'"),
         ("fixed: {lr_decay: 0.5}\n", "--lr_decay applies to --lr_schedule exponential"),
@@ -134,7 +134,7 @@ def test_a_bad_sweep_file_is_refused_in_one_line(tmp_path, text, message):
 
 
 def test_the_command_line_refuses_training_flags_and_bad_files_before_ray(tmp_path, capsys):
-    path = write(tmp_path, "fixed: {head: gap}\n")
+    path = write(tmp_path, "fixed: {colour: red}\n")
     assert main(["--sweep", str(path), "--n_epochs", "3"]) == 2
     assert capsys.readouterr().err == (
         "swsl-train: error: --sweep takes only --logdir, --sweep_workers, --sweep_set and "
@@ -149,7 +149,7 @@ def test_the_command_line_refuses_training_flags_and_bad_files_before_ray(tmp_pa
     assert "argument --sweep_workers: must be >= 1, got '0'" in capsys.readouterr().err
     assert main(["--sweep", str(path), "--logdir", str(tmp_path / "tb")]) == 2
     assert capsys.readouterr().err == (
-        f"swsl-train: error: sweep {path}: trial s0: unknown flag --head (see swsl-train --help)\n"
+        f"swsl-train: error: sweep {path}: trial s0: unknown flag --colour (see swsl-train --help)\n"
     )
     assert main(["--sweep", str(tmp_path / "none.yaml")]) == 2
     assert capsys.readouterr().err.endswith("none.yaml: no such file\n")

@@ -222,6 +222,32 @@ def test_same_seed_same_metrics_and_resume_matches_uninterrupted(tmp_path, mnist
     assert [e["epoch"] for e in c["epochs"]] == [1, 2]
 
 
+def test_a_gap_head_run_resumes_with_its_head_and_refuses_another(tmp_path, mnist_dir, monkeypatch):
+    base = config_for(tmp_path, mnist_dir, n_epochs=2, seed=5, head="gap", run_name="gap")
+    commit_epoch = train.EpochRecorder.on_epoch_end
+
+    def interrupted_after_epoch_1(self, epoch, logs=None):
+        commit_epoch(self, epoch, logs)
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train.EpochRecorder, "on_epoch_end", interrupted_after_epoch_1)
+    assert train.run(base) == 130
+    monkeypatch.setattr(train.EpochRecorder, "on_epoch_end", commit_epoch)
+    saved = json.loads((tmp_path / "tb" / "gap" / "config.json").read_text())
+    assert saved["head"] == "gap"
+    dense = dataclasses.replace(base, resume=True, head="dense")
+    with pytest.raises(train.runs.RunError, match="--head dense contradicts the saved run's gap"):
+        train.run(dense, frozenset({"resume", "run_name", "head"}))
+    resumed = Config(logdir=base.logdir, run_name="gap", resume=True, quiet=True)
+    assert train.run(resumed, frozenset({"logdir", "run_name", "resume", "quiet"})) == 0
+    metrics = metrics_of(tmp_path, "gap")
+    assert metrics["status"] == "completed" and metrics["flags"]["head"] == "gap"
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    model = keras.models.load_model(tmp_path / "tb" / "gap" / "model.keras")
+    assert model.get_layer("gap") and "dense1" not in [layer.name for layer in model.layers]
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
     config = Config(learning_rate=0.004, warmup_epochs=0.5, n_epochs=4)
     schedule = train.learning_rate_schedule(config, steps=100)
@@ -413,8 +439,13 @@ def _cli(args, env=None, **kwargs):
 
 
 def _installed_command_env():
-    """PATH with this interpreter's scripts first, so `swsl-train` is the installed command."""
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    """PATH with this interpreter's scripts first, so `swsl-train` is the installed command,
+    and the tests' import path, so that it runs the code under test (as `_cli` does)."""
+    return {
+        **os.environ,
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -748,6 +779,12 @@ def test_killed_mid_training_resumes_from_the_last_complete_epoch(tmp_path, mnis
         ),
         (dict(layer="conv"), ("conv1", "conv2"), ("conv1_kernels.png", "conv1_kernels_full.png")),
         (dict(kcp_init="shared", n_centroids=13), ("sws1", "sws2"), ("sws1_centroids.png",)),
+        (
+            dict(layer="lrlc", head="gap"),
+            ("lrlc1", "lrlc2"),
+            ("lrlc2_kernels.png", "lrlc2_specialisation.png"),
+        ),
+        (dict(layer="coordconv"), ("coordconv1", "coordconv2"), ("coordconv1_kernels_full.png",)),
     ],
 )
 def test_every_layer_kind_trains_and_reports_its_parameters(

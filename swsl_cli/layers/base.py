@@ -8,6 +8,22 @@ import numpy as np
 from swsl_cli.layers.cells import conv_output_size, positive_pair, standardize_padding
 
 
+def with_fan_axes(initializer, input_axes: tuple[int, ...], output_axes: tuple[int, ...]):
+    """`initializer`, made to count its fans over the given axes if it is fan-based and names none.
+
+    A weight that stacks several `Conv2D` kernels (one per output cell, one per
+    basis) would otherwise count the whole stack's fans; over the axes of one
+    kernel, every kernel of the stack starts at a `Conv2D`'s scale.
+    """
+    if not isinstance(initializer, keras.initializers.VarianceScaling) or (
+        initializer.input_axes is not None or initializer.output_axes is not None
+    ):
+        return initializer
+    config = initializer.get_config()
+    config.update(input_axes=list(input_axes), output_axes=list(output_axes))
+    return type(initializer).from_config(config)
+
+
 class BaseLocalConv2D(keras.layers.Layer):
     """Base of the 2D convolutions whose kernel may depend on the output location.
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from swsl_cli.layers.base import BaseLocalConv2D
+from swsl_cli.layers.base import BaseLocalConv2D, with_fan_axes
 from swsl_cli.layers.cells import CellPatches
 
 # Axes of the (H', W', kh, kw, C, F) kernel that make up one cell's fans, as
@@ -17,13 +17,7 @@ CELL_OUTPUT_AXES = (2, 3, 5)
 
 def per_cell_fans(initializer):
     """`initializer`, made to count one cell's fans if it is fan-based and names no axes."""
-    if not isinstance(initializer, keras.initializers.VarianceScaling) or (
-        initializer.input_axes is not None or initializer.output_axes is not None
-    ):
-        return initializer
-    config = initializer.get_config()
-    config.update(input_axes=list(CELL_INPUT_AXES), output_axes=list(CELL_OUTPUT_AXES))
-    return type(initializer).from_config(config)
+    return with_fan_axes(initializer, CELL_INPUT_AXES, CELL_OUTPUT_AXES)
 
 
 @keras.saving.register_keras_serializable(package="swsl_cli")

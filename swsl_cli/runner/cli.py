@@ -219,6 +219,9 @@ def training_command(given: dict) -> tuple[Config, frozenset[str]]:
             raise UsageError(
                 f"--{name} applies to --lr_schedule {schedule}, not {config.lr_schedule}"
             )
+    for name, layer in (("scaling", "sws"), ("rank", "lrlc"), ("combining", "lrlc")):
+        if name in given and config.layer != layer and not config.resume:
+            raise UsageError(f"--{name} applies to --layer {layer}, not {config.layer}")
     if config.warmup_epochs >= config.n_epochs and not config.resume:
         raise UsageError(
             f"--warmup_epochs {config.warmup_epochs:g} leaves no steps to decay over: it "

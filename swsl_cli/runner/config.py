@@ -22,7 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 PROG = "swsl-train"
-LAYERS = ("sws", "conv", "local")
+LAYERS = ("sws", "conv", "local", "lrlc", "coordconv")
+HEADS = ("dense", "gap")
+COMBININGS = ("row_col", "free")
 KCP_INITS = ("independent", "shared")
 DISTRIBUTE = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -33,6 +35,10 @@ LR_SCHEDULES = ("cosine", "exponential")
 # minutes into a run into a refusal at once.
 MAX_FILTERS = 1024
 MAX_CENTROIDS = 1024
+MAX_RANK = 1024
+# Sharper than this, the SWS similarity of any cell but the nearest centroid's underflows.
+MAX_SCALING = 10.0
+MAX_IMAGE_SIZE = 1024
 MAX_EPOCHS = 100_000
 
 ORIGINAL = "the original's flags"
@@ -149,6 +155,10 @@ def _sws(config: Config) -> bool:
     return config.layer == "sws"
 
 
+def _lrlc(config: Config) -> bool:
+    return config.layer == "lrlc"
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything one `swsl-train` run needs; the CLI builds it, the rest reads it.
@@ -238,8 +248,8 @@ class Config:
     # Data.
     dataset: str = setting(
         "mnist",
-        "A tensorflow-datasets image classification set with 'image' and 'label' features and "
-        "fixed-size images (mnist, fashion_mnist, kmnist, emnist/letters, cifar10, cifar100, "
+        "A tensorflow-datasets image classification set with 'image' and 'label' (or "
+        "--label_key) features and fixed-size images (mnist, fashion_mnist, kmnist, emnist/letters, cifar10, cifar100, "
         "svhn_cropped, ...), or spatial_mnist: MNIST with a fixed rotation and inversion per "
         "quadrant",
         DATA,
@@ -282,15 +292,91 @@ class Config:
         minimum=1,
         metavar="N",
     )
+    label_key: str = setting(
+        "label",
+        "The TFDS feature that holds the class, nested ones with '/' (e.g. attributes/Male for "
+        "celeb_a); booleans become classes 0 and 1",
+        DATA,
+        metavar="KEY",
+        legacy="label",
+    )
+    image_size: int | None = setting(
+        None,
+        "Resize every image to PIXELS x PIXELS (bicubic) after a centred square crop "
+        "(--center_crop; default the largest centred square)",
+        DATA,
+        kind=int,
+        optional=True,
+        minimum=4,
+        maximum=MAX_IMAGE_SIZE,
+        metavar="PIXELS",
+        legacy=None,
+    )
+    center_crop: float | None = setting(
+        None,
+        "Crop every image to its centred square of this fraction of the shorter side (CelebA "
+        "as in LRLC: 0.775, 138 of 178 pixels)",
+        DATA,
+        kind=float,
+        optional=True,
+        minimum=0,
+        maximum=1,
+        above_minimum=True,
+        metavar="FRACTION",
+        legacy=None,
+    )
 
     # The network.
     layer: str = setting(
         "sws",
         "sws: soft weight sharing layers; conv: plain Conv2D (hard sharing); local: "
-        "LocallyConnected2D (no sharing); the rest of the network is the same",
+        "LocallyConnected2D (no sharing); lrlc: LowRankLocallyConnected2D (--rank kernels mixed "
+        "per location); coordconv: Conv2D on the input with two coordinate channels appended; "
+        "the rest of the network is the same",
         NETWORK,
         choices=LAYERS,
         key=True,
+    )
+    head: str = setting(
+        "dense",
+        "dense: Flatten -> 128 -> 256 -> classes (the original's, position-specific itself); "
+        "gap: global average pooling -> classes (as LRLC), so that only the conv layers can "
+        "tell positions apart",
+        NETWORK,
+        choices=HEADS,
+        legacy="dense",
+    )
+    scaling: float = setting(
+        1.0,
+        "SWS similarity sharpness: the side of the centroids' coordinate square, Sigma starts as "
+        "scaling * I (the exponent grows as scaling^4); at a corner of the output a 2x2 grid's "
+        "weights are 0.34/0.24/0.24/0.17 at 1 (the original's), 0.71/0.13/0.13/0.02 at 1.5, "
+        "0.99/0.005/0.005/0.000 at 2",
+        NETWORK,
+        kind=float,
+        minimum=0,
+        maximum=MAX_SCALING,
+        above_minimum=True,
+        legacy=1.0,
+        applies=_sws,
+    )
+    rank: int = setting(
+        4,
+        "--layer lrlc: the number of basis kernels each layer mixes per location",
+        NETWORK,
+        kind=int,
+        minimum=1,
+        maximum=MAX_RANK,
+        metavar="K",
+        applies=_lrlc,
+    )
+    combining: str = setting(
+        "row_col",
+        "--layer lrlc: the combining weights' logits, row_col (one per output row plus one per "
+        "column, for each basis) or free (one per output cell and basis)",
+        NETWORK,
+        choices=COMBININGS,
+        applies=_lrlc,
     )
     kcp_init: str = setting(
         "shared",
@@ -482,16 +568,23 @@ class Config:
 
     def default_run_name(self, stamp: str) -> str:
         """A readable run name from the settings that shape the experiment, plus a time stamp."""
-        if self.layer != "sws":
+        if self.layer == "lrlc":
+            arrangement = f"lrlc-k{self.rank}" + ("-free" if self.combining == "free" else "")
+        elif self.layer != "sws":
             arrangement = self.layer
         elif self.n_centroids is not None:
             arrangement = f"sws-r{self.n_centroids}"
         else:
             arrangement = "sws-g{}x{}".format(*self.centroid_grid)
+        if self.layer == "sws" and self.scaling != 1.0:
+            arrangement += f"-s{self.scaling:g}"
         parts = [
             self.dataset.replace("/", "-") if self.dataset != "mnist" else None,
+            self.label_key if self.label_key != "label" else None,
+            f"{self.image_size}px" if self.image_size is not None else None,
             arrangement,
             "trainable" if self.centroids_trainable and self.layer == "sws" else None,
+            "gap" if self.head == "gap" else None,
             "f{}-{}".format(*self.n_filters),
             f"e{self.n_epochs}",
             stamp,

@@ -9,8 +9,9 @@ by name, so the curves come first: `accuracy/train`, `accuracy/test`,
 `specialisation/<layer>`, `speed/images_per_second` and, by verbosity,
 `weights/...` and `outputs/...`; one point per epoch (step = the epoch
 number). Each kernel layer (`SoftWeightSharingConv2D`, `Conv2D`, and any
-layer with `local_kernels()`, as `LocallyConnected2D`) gets the same
-pictures: `kernels` (the kernel seen at 4 x 4 cells, per filter) and
+layer with `local_kernels()`, as `LocallyConnected2D` and
+`LowRankLocallyConnected2D`) gets the same pictures: `kernels` (the kernel
+seen at 4 x 4 cells, per filter) and
 `specialisation` (where and how much the kernel differs from the layer's
 mean kernel), and for SWS `centroids`. The run's settings are its HParams;
 its final figures are in `metrics.json` and, as the last points of those
@@ -19,6 +20,7 @@ curves, in the HParams tab.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +131,15 @@ def layer_views(model: keras.Model) -> list[LayerView]:
     """
     colour_input = model.inputs[0].shape[-1] == 3
     layers = [layer for layer in model.layers if is_kernel_layer(layer)]
-    return [layer_view(layer, rgb=colour_input and i == 0) for i, layer in enumerate(layers)]
+    views = [layer_view(layer, rgb=colour_input and i == 0) for i, layer in enumerate(layers)]
+    if views and views[0].rgb and views[0].cell_kernels.shape[4] > 3:
+        # A CoordConv layer sees two coordinate channels after the colours: draw the colours.
+        views[0] = dataclasses.replace(
+            views[0],
+            cell_kernels=views[0].cell_kernels[..., :3, :],
+            summary_kernels=views[0].summary_kernels[..., :3, :],
+        )
+    return views
 
 
 def layer_pictures(view: LayerView, color_coding: bool) -> dict[str, np.ndarray]:

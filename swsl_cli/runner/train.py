@@ -320,9 +320,13 @@ def prepare(opened: runs.OpenedRun, stack: contextlib.ExitStack, console: Consol
         settings = configure(config)
         device = device_report()
     strategy = distribute.make_strategy(config.distribute, config.peer_timeout)
-    arrays = data.load_dataset(config.dataset, config.data_dir, config.val_split).limited(
-        config.max_train_examples, config.max_test_examples
-    )
+    arrays = data.load_dataset(
+        config.dataset,
+        config.data_dir,
+        config.val_split,
+        config.label_key,
+        data.CropResize(config.image_size, config.center_crop),
+    ).limited(config.max_train_examples, config.max_test_examples)
     fingerprint = arrays.fingerprint()
     if opened.resumed:
         runs.check_resumable(opened, fingerprint, arrays.source, strategy.num_replicas_in_sync)

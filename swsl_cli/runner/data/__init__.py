@@ -11,7 +11,9 @@ tensorflow-datasets if MNIST is prepared in its data dir or the network
 answers; else the copy of MNIST bundled in this package (`swsl_cli/mnist`).
 Every other TFDS name needs `--data_dir` or TFDS's own data dir to hold it
 prepared, or the network to download it. `spatial_mnist` is MNIST with a
-fixed distortion per image quadrant (see `spatial_mnist`).
+fixed distortion per image quadrant (see `spatial_mnist`). A TFDS set's labels
+may come from another feature than `label` (`--label_key`), and any source's
+images may be cropped and resized (`CropResize`, `--center_crop`, `--image_size`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from swsl_cli.runner.data.arrays import DataError, DownloadError, ImageArrays
 from swsl_cli.runner.data.checks import MAX_CLASSES, checked_arrays
+from swsl_cli.runner.data.crop import NO_CROP, CropResize
 from swsl_cli.runner.data.idx import (
     BUNDLED_MNIST,
     IDX_FILES,
@@ -41,16 +44,21 @@ from swsl_cli.runner.data.pipelines import (
 )
 from swsl_cli.runner.data.spatial import SPATIAL_MNIST, spatial_distortion, spatial_mnist
 from swsl_cli.runner.data.tfds_sets import (
+    DEFAULT_LABEL_KEY,
     OFFLINE_ENV,
+    feature_paths,
     load_mnist_default,
     load_tfds,
     network_available,
+    refuse_label_key,
     tfds_metadata,
 )
 
 __all__ = [
     "AUGMENTATION_STREAM",
     "BUNDLED_MNIST",
+    "CropResize",
+    "DEFAULT_LABEL_KEY",
     "DataError",
     "DownloadError",
     "IDX_FILES",
@@ -62,6 +70,7 @@ __all__ = [
     "SPATIAL_MNIST",
     "check_data_dir",
     "checked_arrays",
+    "feature_paths",
     "load_bundled_mnist",
     "load_dataset",
     "load_idx_folder",
@@ -81,14 +90,20 @@ __all__ = [
 
 
 def load_dataset(
-    name: str = "mnist", data_dir: str | None = None, val_split: str | None = None
+    name: str = "mnist",
+    data_dir: str | None = None,
+    val_split: str | None = None,
+    label_key: str = DEFAULT_LABEL_KEY,
+    crop: CropResize = NO_CROP,
 ) -> ImageArrays:
     """The data set `name` (a TFDS name or `spatial_mnist`), from `data_dir` when given.
 
     `data_dir` may be an npz file, a folder with the four IDX files, a folder
     holding `<name>.npz`, or a TFDS data dir. `val_split` names a further
     split to evaluate on each epoch (TFDS: e.g. `validation`; npz: the arrays
-    `x_<val_split>` and `y_<val_split>`).
+    `x_<val_split>` and `y_<val_split>`). `label_key` names the TFDS feature
+    that holds the class (`attributes/Male`); other sources refuse any but
+    `label`. `crop` crops and resizes every image.
     """
     if val_split in ("train", "test"):
         raise DataError(
@@ -96,12 +111,13 @@ def load_dataset(
             "evaluated on the test split when --val_split is not given"
         )
     if name == SPATIAL_MNIST:
-        return spatial_mnist(load_dataset("mnist", data_dir, val_split))
+        refuse_label_key(label_key, SPATIAL_MNIST)
+        return crop.on(spatial_mnist(load_dataset("mnist", data_dir, val_split)))
     if data_dir is not None:
-        return _load_data_dir(name, data_dir, val_split)
+        return _load_data_dir(name, data_dir, val_split, label_key, crop)
     if name == "mnist":
-        return load_mnist_default(val_split)
-    return load_tfds(name, None, val_split)
+        return load_mnist_default(val_split, label_key, crop)
+    return load_tfds(name, None, val_split, label_key, crop)
 
 
 def load_mnist(data_dir: str | None) -> ImageArrays:
@@ -124,22 +140,27 @@ def check_data_dir(data_dir: str | None) -> None:
         raise DataError(f"--data_dir {data_dir} does not exist")
 
 
-def _load_data_dir(name: str, data_dir: str, val_split: str | None) -> ImageArrays:
+def _load_data_dir(
+    name: str, data_dir: str, val_split: str | None, label_key: str, crop: CropResize
+) -> ImageArrays:
     check_data_dir(data_dir)
     path = Path(data_dir).expanduser()
     if path.is_file():
-        return load_npz(path, val_split)
+        refuse_label_key(label_key, f"the npz {data_dir}")
+        return crop.on(load_npz(path, val_split))
     if any(idx_path(path, stem) for stem in IDX_FILES.values()):
         if val_split:
             raise DataError(
                 f"--val_split {val_split}: the IDX files in {path} hold train and test only"
             )
-        return load_idx_folder(path, name=name)
+        refuse_label_key(label_key, f"the IDX files in {path}")
+        return crop.on(load_idx_folder(path, name=name))
     npz = path / f"{name.replace('/', '_')}.npz"
     if npz.is_file():
-        return load_npz(npz, val_split, name=name)
+        refuse_label_key(label_key, f"the npz {npz}")
+        return crop.on(load_npz(npz, val_split, name=name))
     if (path / name.split("/")[0]).is_dir():
-        return load_tfds(name, str(path), val_split)
+        return load_tfds(name, str(path), val_split, label_key, crop)
     if not any(path.iterdir()):
         raise DataError(
             f"--data_dir {data_dir} is empty: put an npz, the four MNIST IDX files or a TFDS "

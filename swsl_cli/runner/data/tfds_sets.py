@@ -10,11 +10,14 @@ import numpy as np
 
 from swsl_cli.runner.data.arrays import DataError, DownloadError, ImageArrays
 from swsl_cli.runner.data.checks import checked_arrays
+from swsl_cli.runner.data.crop import NO_CROP, CropResize
 from swsl_cli.runner.data.idx import load_bundled_mnist
 
 TFDS_HOST = ("storage.googleapis.com", 443)  # where TFDS downloads MNIST from
 NETWORK_PROBE_SECONDS = 5.0
 OFFLINE_ENV = "SWSL_OFFLINE"
+DEFAULT_LABEL_KEY = "label"
+LISTED_FEATURES = 12  # feature names listed in a refusal at most
 
 
 def network_available(address=TFDS_HOST, timeout: float = NETWORK_PROBE_SECONDS) -> bool:
@@ -62,21 +65,83 @@ def _tfds_builder(name: str, data_dir: str | None):
         ) from None
 
 
-def tfds_metadata(name: str, features) -> tuple[tuple[int, int, int], int]:
+def feature_paths(features, prefix: str = "") -> list[str]:
+    """Every leaf feature's path in a (nested) `FeaturesDict`: `image`, `attributes/Male`, ..."""
+    import tensorflow_datasets as tfds
+
+    paths = []
+    for key in features.keys():
+        feature = features[key]
+        if isinstance(feature, tfds.features.FeaturesDict):
+            paths += feature_paths(feature, f"{prefix}{key}/")
+        else:
+            paths.append(f"{prefix}{key}")
+    return paths
+
+
+def _feature_at(features, path: str):
+    """The feature at `path` (`a/b` for nested ones), or None when there is none."""
+    import tensorflow_datasets as tfds
+
+    feature = features
+    for part in path.split("/"):
+        if not isinstance(feature, tfds.features.FeaturesDict) or part not in feature.keys():
+            return None
+        feature = feature[part]
+    return feature
+
+
+def _class_count(name: str, label_key: str, label) -> int | None:
+    """The classes a label feature names: a ClassLabel's count, 2 for a boolean, None for an
+    integer scalar (then the largest label + 1); refuses any other feature."""
+    import tensorflow_datasets as tfds
+
+    if isinstance(label, tfds.features.ClassLabel):
+        return int(label.num_classes)
+    if isinstance(label, tfds.features.Tensor) and tuple(label.shape) == ():
+        kind = np.dtype(label.np_dtype).kind
+        if kind == "b":
+            return 2
+        if kind in "iu":
+            return None
+    raise DataError(
+        f"{name}: its {label_key!r} feature is {label!r}, not integer class labels (a "
+        "ClassLabel, or one boolean or integer per example)"
+    )
+
+
+def tfds_metadata(
+    name: str, features, label_key: str = DEFAULT_LABEL_KEY
+) -> tuple[tuple[int, int, int], int | None]:
     """`(image_shape, num_classes)` from a builder's `info.features`; refuses what cannot train.
 
-    Needs an `image` feature of one fixed uint8 shape and a `label` ClassLabel.
+    Needs an `image` feature of one fixed uint8 shape and class labels in the
+    feature `label_key` (`a/b` for a nested one): a ClassLabel, a boolean
+    (classes 0 and 1) or an integer (`num_classes` None: the largest label + 1).
     """
     import tensorflow_datasets as tfds
 
     keys = list(features.keys())
-    if "image" not in keys or "label" not in keys:
+    label = _feature_at(features, label_key)
+    if label_key == DEFAULT_LABEL_KEY and ("image" not in keys or label is None):
         lacking = " and ".join(k for k in ("image", "label") if k not in keys)
         raise DataError(
             f"{name} lacks the feature {lacking!r} (it has {', '.join(keys)}); only image "
-            "classification sets with 'image' and 'label' features work"
+            "classification sets with 'image' and 'label' features work, or name the label "
+            "with --label_key"
         )
-    image, label = features["image"], features["label"]
+    if "image" not in keys:
+        raise DataError(f"{name} lacks the feature 'image' (it has {', '.join(keys)})")
+    if label is None:
+        paths = [path for path in feature_paths(features) if path != "image"]
+        listed = ", ".join(paths[:LISTED_FEATURES]) + (
+            ", ..." if len(paths) > LISTED_FEATURES else ""
+        )
+        raise DataError(
+            f"--label_key {label_key}: {name} has no such feature (it has {listed}); nested "
+            "features are named with '/', e.g. attributes/Male"
+        )
+    image = features["image"]
     if not isinstance(image, tfds.features.Image):
         raise DataError(f"{name}: its 'image' feature is a {type(image).__name__}, not an Image")
     if any(d is None for d in image.shape):
@@ -86,11 +151,7 @@ def tfds_metadata(name: str, features) -> tuple[tuple[int, int, int], int]:
         )
     if np.dtype(image.np_dtype) != np.uint8:
         raise DataError(f"{name}: images are {np.dtype(image.np_dtype)}, only uint8 images work")
-    if not isinstance(label, tfds.features.ClassLabel):
-        raise DataError(
-            f"{name}: its 'label' feature is {label!r}, not integer class labels (a ClassLabel)"
-        )
-    return tuple(int(d) for d in image.shape), int(label.num_classes)
+    return tuple(int(d) for d in image.shape), _class_count(name, label_key, label)
 
 
 def _tfds_prepared(builder) -> bool:
@@ -98,11 +159,23 @@ def _tfds_prepared(builder) -> bool:
     return (builder.data_path / "dataset_info.json").exists() and builder.is_prepared()
 
 
-def _tfds_split(builder, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _tfds_split(
+    builder, name: str, split: str, label_key: str, crop: CropResize
+) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    dataset = builder.as_dataset(split=split).map(lambda e: (e["image"], e["label"]))
+    def image_and_label(example):
+        label = example
+        for part in label_key.split("/"):
+            label = label[part]
+        if label.dtype == tf.bool:
+            label = tf.cast(label, tf.int32)
+        # Cropped and resized one by one as read: CelebA's full-size images would not fit.
+        image = crop.tensor(example["image"]) if crop.active else example["image"]
+        return image, label
+
+    dataset = builder.as_dataset(split=split).map(image_and_label)
     try:
         batches = list(tfds.as_numpy(dataset.batch(10000)))
     except tf.errors.OpError as error:
@@ -113,14 +186,22 @@ def _tfds_split(builder, name: str, split: str) -> tuple[np.ndarray, np.ndarray]
     )
 
 
-def load_tfds(name: str, data_dir: str | None, val_split: str | None = None) -> ImageArrays:
+def load_tfds(
+    name: str,
+    data_dir: str | None,
+    val_split: str | None = None,
+    label_key: str = DEFAULT_LABEL_KEY,
+    crop: CropResize = NO_CROP,
+) -> ImageArrays:
     """`name` through tensorflow-datasets, downloading it only when the network answers.
 
     The features are checked before any data is read, so a data set that
-    cannot train is refused at once.
+    cannot train is refused at once. The labels are the feature `label_key`;
+    `crop` crops and resizes each image as it is read.
     """
     builder = _tfds_builder(name, data_dir)
-    image_shape, num_classes = tfds_metadata(name, builder.info.features)
+    image_shape, num_classes = tfds_metadata(name, builder.info.features, label_key)
+    image_shape = crop.output_shape(image_shape)
     if not _tfds_prepared(builder):
         if not network_available():
             where = data_dir or "TFDS's default data dir"
@@ -145,10 +226,13 @@ def load_tfds(name: str, data_dir: str | None, val_split: str | None = None) -> 
     arrays = {}
     for key, split in (("train", "train"), ("test", "test"), ("val", val_split)):
         if split:
-            arrays[f"x_{key}"], arrays[f"y_{key}"] = _tfds_split(builder, name, split)
+            arrays[f"x_{key}"], arrays[f"y_{key}"] = _tfds_split(
+                builder, name, split, label_key, crop
+            )
+    labels = "" if label_key == DEFAULT_LABEL_KEY else f", labels {label_key}"
     loaded = checked_arrays(
         arrays,
-        source=f"tensorflow-datasets {name} ({builder.data_dir})",
+        source=f"tensorflow-datasets {name} ({builder.data_dir}){labels}{crop.describe()}",
         name=name,
         num_classes=num_classes,
         val_split=val_split,
@@ -158,14 +242,26 @@ def load_tfds(name: str, data_dir: str | None, val_split: str | None = None) -> 
     return loaded
 
 
-def load_mnist_default(val_split: str | None) -> ImageArrays:
+def refuse_label_key(label_key: str, source: str) -> None:
+    """Refuses a `--label_key` other than `label` for a source whose labels have no names."""
+    if label_key != DEFAULT_LABEL_KEY:
+        raise DataError(
+            f"--label_key {label_key}: {source} holds one label per image, not named features; "
+            "--label_key applies to tensorflow-datasets sets"
+        )
+
+
+def load_mnist_default(
+    val_split: str | None, label_key: str = DEFAULT_LABEL_KEY, crop: CropResize = NO_CROP
+) -> ImageArrays:
     """MNIST from TFDS when prepared or downloadable, else the bundled copy."""
     builder = _tfds_builder("mnist", None)
     if _tfds_prepared(builder) or network_available():
         try:
-            return load_tfds("mnist", None, val_split)
+            return load_tfds("mnist", None, val_split, label_key, crop)
         except DownloadError:
             pass  # the network answered but the download failed: the bundled copy will do
     if val_split:
         raise DataError(f"--val_split {val_split}: the bundled MNIST holds train and test only")
-    return load_bundled_mnist()
+    refuse_label_key(label_key, "the bundled MNIST")
+    return crop.on(load_bundled_mnist())

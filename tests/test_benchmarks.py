@@ -1,0 +1,73 @@
+"""The comparison benchmark's sweep files: every trial is a valid swsl-train command."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from swsl_cli.runner.cli import given_flags, training_command
+from swsl_cli.runner.model import build_model, parameter_counts
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SWEEPS = ("comparison.yaml", "comparison-short.yaml")
+
+
+def sweep(name):
+    return yaml.safe_load((BENCHMARKS / name).read_text())
+
+
+def argv_of(flags: dict) -> list[str]:
+    """A trial's flags as a command line: `true` is a bare flag, a list several values."""
+    argv = []
+    for name, value in flags.items():
+        if value is True:
+            argv.append(f"--{name}")
+        else:
+            values = value if isinstance(value, list) else [value]
+            argv += [f"--{name}", *map(str, values)]
+    return argv
+
+
+def trials(spec):
+    """Every trial's flags: fixed, then one grid point, then one variant, then the seed."""
+    names = list(spec["grid"])
+    for point in itertools.product(*(spec["grid"][name] for name in names)):
+        for variant, flags in spec["variants"].items():
+            for seed in spec["seeds"]:
+                yield variant, {**spec["fixed"], **dict(zip(names, point)), **flags, "seed": seed}
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_trial_is_a_valid_command(name):
+    spec = sweep(name)
+    assert set(spec) == {"fixed", "grid", "variants", "seeds"}
+    configs = {}
+    for variant, flags in trials(spec):
+        config, _ = training_command(given_flags(argv_of(flags)))
+        configs.setdefault(variant, config)
+    layers = {config.layer for config in configs.values()}
+    assert layers == {"conv", "coordconv", "sws", "lrlc", "local"}
+    sws = [c for c in configs.values() if c.layer == "sws"]
+    for trainable in (False, True):
+        assert len({c.scaling for c in sws if c.centroids_trainable == trainable}) >= 2
+
+
+def test_the_full_benchmark_covers_the_protocol_and_the_short_one_is_small():
+    full, short = sweep("comparison.yaml"), sweep("comparison-short.yaml")
+    assert len(full["variants"]) >= 9 and len(full["seeds"]) >= 5
+    assert full["grid"] == {"dataset": ["spatial_mnist", "mnist"], "head": ["dense", "gap"]}
+    assert short["variants"] == full["variants"] and short["grid"] == full["grid"]
+    assert len(short["seeds"]) <= 2 and short["fixed"]["max_train_examples"] <= 1000
+    assert len(list(trials(full))) == 200
+
+
+@pytest.mark.parametrize("head", ["dense", "gap"])
+def test_the_wide_conv_matches_the_sws_nets_parameter_count(head):
+    variants = sweep("comparison.yaml")["variants"]
+    counts = {}
+    for variant in ("wide-conv", "sws-s1"):
+        flags = {**variants[variant], "head": head}
+        config, _ = training_command(given_flags(argv_of(flags)))
+        counts[variant] = parameter_counts(build_model(config))["total"]
+    assert abs(counts["wide-conv"] - counts["sws-s1"]) / counts["sws-s1"] < 0.005
