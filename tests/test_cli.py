@@ -1,5 +1,6 @@
 """Command line: the seed's flags, further options, and every refusal (before TensorFlow loads)."""
 
+import argparse
 import os
 import re
 import subprocess
@@ -8,8 +9,16 @@ import sys
 import pytest
 
 from swsl_cli.runner.augment import Augmentation
-from swsl_cli.runner.cli import UsageError, build_parser, main, parse_args, parse_command
-from swsl_cli.runner.config import Config
+from swsl_cli.runner.cli import (
+    UsageError,
+    _DefaultsFormatter,
+    add_setting,
+    build_parser,
+    main,
+    parse_args,
+    parse_command,
+)
+from swsl_cli.runner.config import Config, Declaration
 
 
 def run_cli(*args, cwd=None):
@@ -309,3 +318,9 @@ def test_compare_refuses_training_flags(tmp_path, capsys):
     )
     with pytest.raises(UsageError, match="train nothing"):
         parse_command(["--format", "csv"])
+
+
+def test_a_declared_help_text_is_plain_text():
+    parser = argparse.ArgumentParser(formatter_class=_DefaultsFormatter)
+    add_setting(parser, "keep", Declaration(help="keeps 80 % of the units", group="", kind=float))
+    assert "keeps 80 % of the units" in " ".join(parser.format_help().split())

@@ -76,7 +76,8 @@ def value_parser(declaration):
 
 def add_setting(group, name: str, declaration) -> None:
     """The flag `--name` of one declared setting."""
-    options = {"help": declaration.help}
+    # A declaration's help is plain text; argparse would read a "%" in it as a format.
+    options = {"help": declaration.help.replace("%", "%%")}
     if declaration.kind is bool:
         negatable = declaration.negatable
         options["action"] = argparse.BooleanOptionalAction if negatable else "store_true"
