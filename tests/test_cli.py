@@ -202,6 +202,12 @@ REFUSALS = [
     (["--layer", "lrlc", "--scaling", "2"], "--scaling applies to --layer sws, not lrlc"),
     (["--image_size", "3"], "argument --image_size: must be >= 4 and <= 1024, got '3'"),
     (["--center_crop", "0"], "argument --center_crop: must be > 0 and <= 1, got '0'"),
+    (["--n_epochs", "100000000000000000000"], "argument --n_epochs: must be >= 1 and <= 100000"),
+    (["--run_name=-x"], "argument --run_name: must be a plain folder name"),
+    (["--run_name", "a\nb"], "argument --run_name: must be printable UTF-8 text"),
+    # A command line's bytes that are not UTF-8 arrive as surrogates.
+    (["--logdir", "runs-\udcff"], "argument --logdir: must be printable UTF-8 text"),
+    (["--data_dir", "\udcffdata"], "argument --data_dir: must be printable UTF-8 text"),
 ]
 
 

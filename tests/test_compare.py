@@ -152,6 +152,46 @@ def test_odd_file_contents_never_crash(tmp_path, config_text, metrics_text, stat
     assert len(err.splitlines()) == warnings
 
 
+def test_infinite_numbers_pipes_and_links_never_crash_or_hang(tmp_path):
+    logdir = tmp_path / "tb"
+    run = logdir / "inf"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"n_epochs": 1e400, "layer": "sws"}')
+    (run / "metrics.json").write_text('{"status": "running", "test_accuracy": -1e400}')
+    pipe = logdir / "pipe"
+    pipe.mkdir()
+    os.mkfifo(pipe / "config.json")
+    (pipe / "metrics.json").symlink_to("/dev/zero")
+    code, out, err = compare_output(logdir)
+    assert code == 0
+    inf, piped = out.splitlines()[1:]
+    assert inf.split()[0] == "inf" and inf.split()[-1] == "running" and "inf" not in inf[4:]
+    assert piped.split()[0] == "pipe" and piped.endswith("not started")
+
+
+def test_a_run_whose_process_was_killed_says_so(tmp_path):
+    run = make_run(tmp_path / "tb", "k", {"status": "running", "epochs": []})
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    (run / "lock").write_text(f"process {gone} on {os.uname().nodename}\n")
+    _, out, _ = compare_output(tmp_path / "tb")
+    assert out.splitlines()[1].split()[-1] == "killed"
+
+
+def test_folder_names_that_are_not_utf8_print_under_a_strict_stdout(tmp_path):
+    logdir = tmp_path / "tb"
+    make_run(logdir, "run", {"status": "completed", "epochs": []})
+    (logdir / "run").rename(logdir / os.fsdecode(b"run-\xff"))
+    make_run(logdir, "caf\u00e9", {"status": "completed", "epochs": []})
+    for encoding in ("utf-8:strict", "ascii:strict"):
+        result = run_cli("--compare", str(logdir), env={**os.environ, "PYTHONIOENCODING": encoding,
+                         "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+        assert names[1] == "run-\\xff"
+        assert names[0] == ("caf\u00e9" if encoding.startswith("utf") else "caf\\xe9")
+
+
 def test_missing_logdir_a_file_and_an_empty_logdir(tmp_path):
     status, out, err = compare_output(tmp_path / "nowhere")
     assert (status, out) == (1, "")
@@ -165,12 +205,12 @@ def test_missing_logdir_a_file_and_an_empty_logdir(tmp_path):
 
 
 def run_cli(*args, flags=(), **kwargs):
+    kwargs.setdefault("env", {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     return subprocess.run(
         [sys.executable, *flags, "-m", "swsl_cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         **kwargs,
     )
 

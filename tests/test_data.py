@@ -2,10 +2,12 @@
 every refusal; the spatial benchmark; the tf.data pipelines."""
 
 import gzip
+import io
 import json
 import logging
 import os
 import pickle
+import re
 import time
 import zipfile
 
@@ -156,6 +158,15 @@ def test_validation_split_feeds_the_per_epoch_evaluation(tmp_path):
         (dict(y_train=np.zeros(11, int)), r"12 train images but labels of shape \(11,\)"),
         (dict(y_test=None), "lacks the arrays y_test"),
         (dict(y_test=np.array([0, 1, 2, 3, 70000])), "70001 classes .* at most 65536"),
+        (
+            dict(x_train=np.zeros((12, 3, 3), np.uint8), x_test=np.zeros((5, 3, 3), np.uint8)),
+            r"train images are 3x3 pixels with 1 channel\(s\); the network pools twice",
+        ),
+        (
+            dict(x_train=np.zeros((12, 0, 24), np.uint8), x_test=np.zeros((5, 0, 24), np.uint8)),
+            "train images are 0x24 pixels",
+        ),
+        (dict(x_train=np.zeros((12, 20, 24, 0), np.uint8)), "with 0 channel"),
     ],
     ids=[
         "ndim-2",
@@ -173,6 +184,9 @@ def test_validation_split_feeds_the_per_epoch_evaluation(tmp_path):
         "count-mismatch",
         "missing-array",
         "huge-label",
+        "3x3-images",
+        "zero-height",
+        "zero-channels",
     ],
 )
 def test_npz_refusals(tmp_path, arrays, message):
@@ -216,6 +230,37 @@ def test_broken_npz(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 this is no zip")
     with pytest.raises(data.DataError, match="not a readable npz archive"):
         load(tmp_path / "broken.npz")
+
+
+def test_npz_header_claiming_more_than_the_archive_holds_is_damaged_not_out_of_memory(tmp_path):
+    path = save_npz(tmp_path / "huge.npz")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 20, 24)}
+    )
+    with zipfile.ZipFile(path, "a") as archive:  # a second x_train.npy: numpy reads the last
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            archive.writestr("x_train.npy", header.getvalue() + b"\0" * 1000)
+    with pytest.raises(data.DataError) as error:
+        load(path)
+    assert str(error.value) == (
+        f"{path}: array x_train is damaged: its header claims shape (1000000000, 20, 24) of "
+        "uint8 (480,000,000,000 bytes) but the archive holds 1,000 bytes of it"
+    )
+
+
+def test_idx_header_whose_sizes_overflow_int64_is_refused(small_idx_dir):
+    (small_idx_dir / "train-images-idx3-ubyte.gz").unlink()
+    header = b"".join(n.to_bytes(4, "big") for n in (2051, 65536, 2**24, 2**24))
+    (small_idx_dir / "train-images-idx3-ubyte").write_bytes(header)  # 2^64 bytes: 0 in int64
+    with pytest.raises(data.DataError, match=r"truncated or padded: 16 bytes, header says "):
+        load(small_idx_dir)
+
+
+@pytest.mark.parametrize("name", ["../../etc", "mnist[:10]", "MNIST", "mnist/", "a b", ""])
+def test_a_malformed_dataset_name_is_refused_before_tfds(tmp_path, name):
+    with pytest.raises(data.DataError, match=f"--dataset {re.escape(repr(name))} is not a data"):
+        data.load_dataset(name, str(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -16,20 +16,21 @@ from swsl_cli.runner.distribute import ClusterError, read_cluster
 WAIT_S = 240  # bound on every worker process; one of these runs takes ~20 s on 2 cores
 TINY = ["--max_train_examples", "256", "--max_test_examples", "128", "--seed", "0"]
 TINY += ["--layer", "conv", "--quiet", "--n_epochs", "2", "--batch_size", "64"]
-# A worker that sends itself a signal as epoch 2 begins, after committing epoch 1.
-SIGNAL_AT_EPOCH_2 = """
+# A worker that sends itself a signal as an epoch begins (epoch 2: after committing epoch 1).
+SIGNAL_AT_EPOCH = """
 import os, signal, sys
 from swsl_cli.runner import cli, train
 keep = train.EpochSeededRandomness.on_epoch_begin
 def on_epoch_begin(self, epoch, logs=None):
-    if epoch == 1:
-        os.kill(os.getpid(), signal.{})
+    if epoch == {epoch}:
+        os.kill(os.getpid(), signal.{signal})
     keep(self, epoch, logs)
 train.EpochSeededRandomness.on_epoch_begin = on_epoch_begin
 sys.exit(cli.main(sys.argv[1:]))
 """
-KILLED_AT_EPOCH_2 = SIGNAL_AT_EPOCH_2.format("SIGKILL")
-TERMINATED_AT_EPOCH_2 = SIGNAL_AT_EPOCH_2.format("SIGTERM")
+KILLED_AT_EPOCH_1 = SIGNAL_AT_EPOCH.format(epoch=0, signal="SIGKILL")
+KILLED_AT_EPOCH_2 = SIGNAL_AT_EPOCH.format(epoch=1, signal="SIGKILL")
+TERMINATED_AT_EPOCH_2 = SIGNAL_AT_EPOCH.format(epoch=1, signal="SIGTERM")
 
 
 def tf_config(workers, index, task_type="worker", **jobs):
@@ -122,7 +123,7 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def start_worker(index, ports, args, script=None, scratch_parent=None):
+def start_worker(index, ports, args, script=None, scratch_parent=None, extra=()):
     workers = [f"127.0.0.1:{port}" for port in ports]
     command = ["-c", script] if script else ["-m", "swsl_cli"]
     # What a user's shell has: the CLI picks TensorFlow's log level for multi-worker runs.
@@ -130,7 +131,7 @@ def start_worker(index, ports, args, script=None, scratch_parent=None):
     # A killed worker cannot remove its temporary folder: keep those under pytest's.
     scratch = {"TMPDIR": str(scratch_parent)} if scratch_parent else {}
     return subprocess.Popen(
-        [sys.executable, *command, "--distribute", "multi_worker", *args],
+        [sys.executable, *command, "--distribute", "multi_worker", *args, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -153,7 +154,10 @@ def finished(processes) -> list[tuple[int, str, str]]:
     return results
 
 
-def cluster_run(logdir, mnist_dir, *extra, script_for_worker_1=None, script_for_worker_0=None):
+def cluster_run(
+    logdir, mnist_dir, *extra, script_for_worker_1=None, script_for_worker_0=None, worker_1=()
+):
+    """Two workers with the same flags (`worker_1`: flags only worker 1 gets)."""
     ports = free_ports(2)
     args = ["--logdir", str(logdir), "--data_dir", str(mnist_dir), *TINY, *extra]
     scratch = logdir.parent / "worker-tmp"
@@ -161,7 +165,7 @@ def cluster_run(logdir, mnist_dir, *extra, script_for_worker_1=None, script_for_
     return finished(
         [
             start_worker(0, ports, args, script_for_worker_0, scratch),
-            start_worker(1, ports, args, script_for_worker_1, scratch),
+            start_worker(1, ports, args, script_for_worker_1, scratch, extra=worker_1),
         ]
     )
 
@@ -209,8 +213,8 @@ def test_killed_worker_stops_the_other_and_resume_matches_uninterrupted(
     assert status1 == -9
     assert status0 == 1
     assert err0 == (
-        "swsl-train: error: worker 1 stopped or became unreachable during the run; the last "
-        "complete epoch is saved: start every worker again with --resume\n"
+        "swsl-train: error: worker 1 stopped or became unreachable during the run; epoch 1 is "
+        "the last one saved: start every worker again with --resume\n"
     )
     metrics = json.loads((logdir / "k" / "metrics.json").read_text())
     assert [epoch["epoch"] for epoch in metrics["epochs"]] == [1]
@@ -225,6 +229,41 @@ def test_killed_worker_stops_the_other_and_resume_matches_uninterrupted(
     uninterrupted = two_workers[1][0][1]
     assert digest(resumed[0][1]) == digest(resumed[1][1]) == digest(uninterrupted)
     assert sorted(p.name for p in logdir.iterdir()) == ["k"]
+
+
+def test_a_worker_lost_before_any_epoch_was_saved_is_said_so(tmp_path, mnist_dir):
+    logdir = tmp_path / "tb"
+    (status0, _, err0), (status1, _, _) = cluster_run(
+        logdir, mnist_dir, "--run_name", "k", script_for_worker_1=KILLED_AT_EPOCH_1
+    )
+    assert (status0, status1) == (1, -9)
+    assert err0 == (
+        "swsl-train: error: worker 1 stopped or became unreachable during the run; no epoch was "
+        "saved: start every worker again with the same command\n"
+    )
+    assert not (logdir / "k").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--n_filters", "8", "8"], "--n_filters than worker 0 (worker 0: --n_filters 24 48)"),
+        (["--n_epochs", "3"], "--n_epochs than worker 0 (worker 0: --n_epochs 2)"),
+    ],
+)
+def test_workers_started_with_other_flags_are_refused_naming_the_flag(
+    tmp_path, mnist_dir, flags, named
+):
+    logdir = tmp_path / "tb"
+    results = cluster_run(logdir, mnist_dir, "--run_name", "d", worker_1=flags)
+    [(status0, _, err0), (status1, _, err1)] = results
+    assert (status0, status1) == (1, 1), err0[-2000:] + err1[-2000:]
+    assert err0 == (
+        f"swsl-train: error: worker 1 was started with another {named}: start every worker "
+        "with the same flags\n"
+    )
+    assert err1.startswith("swsl-train: error: worker 0 was started with another ")
+    assert err1.count("\n") == 1 and not (logdir / "d").exists()
 
 
 def test_peer_that_never_comes_up_is_named_after_a_bounded_wait(tmp_path, mnist_dir):
@@ -242,14 +281,16 @@ def test_peer_that_never_comes_up_is_named_after_a_bounded_wait(tmp_path, mnist_
 
 def test_a_signal_to_one_worker_stops_every_worker_at_the_same_step(tmp_path, mnist_dir):
     logdir = tmp_path / "tb"
-    (status0, out0, err0), (status1, _, err1) = cluster_run(
+    (status0, out0, err0), (status1, out1, err1) = cluster_run(
         logdir, mnist_dir, "--run_name", "t", script_for_worker_0=TERMINATED_AT_EPOCH_2
     )
     assert (status0, status1) == (143, 143), err0[-2000:] + err1[-2000:]
     assert err0.endswith(
         "swsl-train: interrupted by SIGTERM while training; 1 complete epoch(s) saved\n"
     )
-    assert "Resume with:" in out0
+    # Every worker prints the chief's command, not its own temporary folder.
+    command = f"swsl-train --resume --logdir {logdir} --run_name t"
+    assert out0.endswith(f"Resume with:\n  {command}\n") and out1.endswith(f"  {command}\n")
     metrics = json.loads((logdir / "t" / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and len(metrics["epochs"]) == 1
 

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -448,7 +449,9 @@ def _installed_command_env():
     }
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    "sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_signal_stops_cleanly_and_the_printed_resume_command_finishes(
     tmp_path, mnist_dir, sig, code
 ):
@@ -517,6 +520,86 @@ def test_a_signal_while_tensorflow_loads_is_one_line_and_leaves_no_run(tmp_path,
     assert process.returncode == 130, err
     assert err.strip() == "swsl-train: interrupted by SIGINT while starting"
     assert not (tmp_path / "tb" / "early").exists()
+
+
+def test_a_signal_that_keras_swallows_while_saving_or_loading_still_stops_the_run(
+    tmp_path, mnist_dir, monkeypatch, capsys
+):
+    """Keras's saving catches everything around its weights store, and its loading catches
+    `Exception` around each layer: a signal there still ends the run as interrupted."""
+    from keras.src.saving import saving_lib
+
+    from swsl_cli.runner import runs
+    from swsl_cli.runner.interrupts import RaiseInterrupted, handled_by
+
+    config = config_for(
+        tmp_path, mnist_dir, n_epochs=1, seed=3, run_name="swallowed",
+        max_train_examples=128, n_filters=(2, 2),
+    )  # fmt: skip
+    armed = []
+
+    def signalled(real):
+        def call(*args, **kwargs):
+            if armed:
+                armed.clear()
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+
+        return call
+
+    real_save_model = runs.RunDir.save_model
+
+    def save_final_model(run, save):
+        armed.append(True)  # the final model's save only, not the checkpoints'
+        return real_save_model(run, save)
+
+    monkeypatch.setattr(saving_lib.H5IOStore, "__init__", signalled(saving_lib.H5IOStore.__init__))
+    monkeypatch.setattr(runs.RunDir, "save_model", save_final_model)
+    with handled_by(RaiseInterrupted()):
+        assert train.main(config) == 130
+    assert "interrupted by SIGINT while finishing" in capsys.readouterr().err
+    assert metrics_of(tmp_path, "swallowed")["status"] == "interrupted"
+    assert not (tmp_path / "tb" / "swallowed" / "model.keras").exists()
+    monkeypatch.undo()
+
+    dense = keras.layers.Dense
+    monkeypatch.setattr(dense, "load_own_variables", signalled(dense.load_own_variables))
+    armed.append(True)
+    resumed = dataclasses.replace(config, resume=True)
+    with handled_by(RaiseInterrupted()):
+        assert train.main(resumed, frozenset({"resume", "run_name"})) == 130
+    err = capsys.readouterr().err
+    assert "interrupted by SIGINT while building the model" in err and "Traceback" not in err
+    assert metrics_of(tmp_path, "swallowed")["status"] == "interrupted"
+    monkeypatch.undo()
+    assert train.main(resumed, frozenset({"resume", "run_name"})) == 0
+    assert metrics_of(tmp_path, "swallowed")["status"] == "completed"
+
+
+def test_a_checkpoint_copied_from_a_run_of_other_settings_is_refused(tmp_path, mnist_dir, capsys):
+    tiny = dict(n_epochs=1, seed=1, max_train_examples=128)
+    assert train.run(config_for(tmp_path, mnist_dir, run_name="a", n_filters=(2, 2), **tiny)) == 0
+    assert train.run(config_for(tmp_path, mnist_dir, run_name="b", n_filters=(4, 4), **tiny)) == 0
+    a, b = tmp_path / "tb" / "a", tmp_path / "tb" / "b"
+    shutil.rmtree(a / "checkpoints" / "epoch-1")
+    shutil.copytree(b / "checkpoints" / "epoch-1", a / "checkpoints" / "epoch-1")
+    before = (a / "metrics.json").read_text()
+    resumed = config_for(tmp_path, mnist_dir, run_name="a", resume=True, n_epochs=2)
+    given = frozenset({"resume", "run_name", "n_epochs"})
+    assert train.main(resumed, given) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"checkpoint {a / 'checkpoints' / 'epoch-1'} was saved by a run with other network" in err
+    )
+    # A checkpoint from before the architecture record: the loaded network is counted.
+    state_file = a / "checkpoints" / "epoch-1" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["architecture"]
+    state_file.write_text(json.dumps(state))
+    assert train.main(resumed, given) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a network of" in err and "it was copied" in err
+    assert (a / "metrics.json").read_text() == before  # nothing was trained or recorded
 
 
 def test_interrupted_while_finishing_then_resume_finishes(tmp_path, mnist_dir, monkeypatch, capsys):
@@ -766,7 +849,8 @@ def test_killed_mid_training_resumes_from_the_last_complete_epoch(tmp_path, mnis
     metrics = metrics_of(tmp_path, "killed")
     assert metrics["status"] == "completed"
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
-    assert [p.name for p in (tmp_path / "tb" / "killed" / "checkpoints").iterdir()] == ["epoch-3"]
+    checkpoints = tmp_path / "tb" / "killed" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-2", "epoch-3"]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from swsl_cli.runner import distribute, runs
 from swsl_cli.runner.compare import FORMATS, PER_RUN
 from swsl_cli.runner.config import DECLARATIONS, DEFAULTS, GROUPS, ORIGINAL, PROG, Config
 from swsl_cli.runner.console import Console
-from swsl_cli.runner.interrupts import Interrupted, handled_by, raise_interrupted
+from swsl_cli.runner.interrupts import Interrupted, RaiseInterrupted, handled_by
 
 DESCRIPTION = """\
 Demonstration of the soft spatial weight sharing layer: trains the two-layer soft
@@ -310,20 +310,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from swsl_cli.runner import data  # numpy, no TensorFlow: its path checks come first
 
     # Until training installs its own handlers, a signal ends the start-up in one line.
-    with handled_by(raise_interrupted), contextlib.ExitStack() as stack:
+    with handled_by(RaiseInterrupted()), contextlib.ExitStack() as stack:
         try:
             # Paths, the resume target and its settings are checked before TensorFlow loads.
             opened = runs.open_run(config, given_names, stack)
             data.check_data_dir(opened.config.data_dir)
+            data.check_dataset_name(opened.config.dataset)
             Console(sys.stdout).line(opening_line(opened))
             from swsl_cli.runner.train import main_opened
 
             return main_opened(opened, stack)
         except (runs.RunError, distribute.ClusterError, data.DataError) as error:
-            print(f"{PROG}: error: {error}", file=sys.stderr)
+            Console.error(f"{PROG}: error: {error}")
             return 1
         except Interrupted as interrupt:
-            print(f"{PROG}: interrupted by {interrupt.signal_name} while starting", file=sys.stderr)
+            Console.error(f"{PROG}: interrupted by {interrupt.signal_name} while starting")
             return interrupt.exit_code
 
 
@@ -332,6 +333,8 @@ def opening_line(opened: runs.OpenedRun) -> str:
     config = opened.config
     if opened.resumed:
         what = f"resuming run {config.run_name} after epoch {opened.checkpoint.epoch}"
+    elif opened.restarted:
+        what = f"starting run {config.run_name} again from its first epoch"
     else:
         what = f"new run in {config.logdir}"
     return f"{PROG} {__version__}: {what}; loading TensorFlow"

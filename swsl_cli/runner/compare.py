@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swsl_cli.runner.config import DECLARATIONS, PROG, Config, Role
-from swsl_cli.runner.runs import RunDir
+from swsl_cli.runner.runs import RunDir, effective_status, read_regular_file
 from swsl_cli.runner.statistics import Summary, summarize
 
 FORMATS = ("table", "csv", "markdown")
@@ -63,8 +64,8 @@ class RunRow:
 
 
 def _number(value) -> float | None:
-    """`value` when it is a real number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """`value` when it is a finite real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return value
 
@@ -74,8 +75,8 @@ def _read_json(path: Path, warn) -> tuple[dict | None, bool]:
     if not path.is_file():
         return None, False
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = json.loads(read_regular_file(path))  # no link, pipe or huge file
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         reason = getattr(error, "strerror", None) or error.__class__.__name__
         warn(f"{path}: damaged ({reason}); listed as damaged")
         return None, True
@@ -135,10 +136,10 @@ def run_row(folder: Path, warn) -> RunRow:
     elif not metrics:
         status = "not started"  # a start-up failure leaves config.json alone
     else:
-        status = str(metrics.get("status", MISSING))
+        status = effective_status(RunDir(folder), str(metrics.get("status", MISSING)))
     layer = flags.get("layer")
     return RunRow(
-        name=folder.name,
+        name=printable(folder.name),
         dataset=_dataset(metrics, flags),
         layer=str(layer) if layer is not None else None,
         centroids=_centroids(flags) if flags else None,
@@ -149,6 +150,11 @@ def run_row(folder: Path, warn) -> RunRow:
         images_per_second=sum(speeds) / len(speeds) if speeds else None,
         status=status,
     )
+
+
+def printable(name: str) -> str:
+    """A folder name as text any terminal prints: bytes that are not UTF-8 as `\\xff`."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def collect(logdir: Path, warn) -> list[RunRow]:
@@ -480,7 +486,11 @@ def render_groups(groups: list[RunGroup], fmt: str) -> str:
 def _write(text: str, stream) -> None:
     """Writes the table; a reader that left early (`| head -2`) ends it quietly."""
     try:
-        stream.write(text)
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:  # a stdout that cannot print every name (LANG=C, ...)
+            encoding = getattr(stream, "encoding", None) or "ascii"
+            stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
         stream.flush()
     except BrokenPipeError:
         if stream is sys.stdout:

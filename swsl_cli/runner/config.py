@@ -100,6 +100,8 @@ class Declaration:
                 return f"must be one of {', '.join(self.choices)}"
             if not value.strip():
                 return "must not be empty"
+            if not value.isprintable() or not _utf8(value):
+                return "must be printable UTF-8 text"
             if self.folder_name and (
                 value in (".", "..")
                 or "/" in value
@@ -143,6 +145,15 @@ class Declaration:
         if reason is not None:
             raise ValueError(f"Invalid {name}: {reason}. Received {name}={value!r}.")
         return self.kind(value) if self.kind in (int, float) else value
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` is valid UTF-8 (a command line's undecodable bytes are not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def setting(default, help: str, group: str = TRAINING, **declared) -> dataclasses.Field:

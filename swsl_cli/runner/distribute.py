@@ -15,8 +15,11 @@ the model per device and all-reduces the gradients of every step.
   callbacks, so their collective steps stay in step).
 - `prepare_model_for_fit` works around Keras 3's `fit` with this strategy
   (keras-team/keras#20585).
+- `check_same_run` refuses, on every worker, workers started with other
+  settings, other data or another checkpoint, naming the first difference.
 - `signal_on_any_worker` makes a signal to one worker stop all of them after
-  the same step; `peer_failures` turns a lost peer into one line.
+  the same step; `peer_failures` turns a lost peer into one line that says
+  what was saved.
 - Each worker reads the whole data set and keeps its part of every global
   batch (`AutoShardPolicy.DATA`): the seeded epoch order stays the same as
   on one machine, so a resumed run sees the batches an uninterrupted one would.
@@ -36,17 +39,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from swsl_cli import __version__
 from swsl_cli.runner.config import PROG
 
 TF_CONFIG = "TF_CONFIG"
 JOBS = ("chief", "worker")  # the jobs that train; TF's `ps` and `evaluator` are not used here
 PROBE_SECONDS = 1.0
 POLL_SECONDS = 0.25
-STOP_SIGNALS = ("SIGINT", "SIGTERM")  # in order of precedence when workers differ
+STOP_SIGNALS = ("SIGHUP", "SIGINT", "SIGTERM")  # in order of precedence when workers differ
 
 
 class ClusterError(Exception):
@@ -374,8 +378,76 @@ def _logs_as_vectors(step):
     return step_with_vector_logs
 
 
+def _digest(text: str) -> float:
+    """48 bits of `text`'s SHA-256 as a float64, which a sum of one such value and zeros
+    keeps exactly."""
+    return float(int(hashlib.sha256(text.encode()).hexdigest()[:12], 16))
+
+
+def _gathered(strategy, row: list[float]):
+    """Every worker's `row`, one line per task (the chief first): each worker fills its own
+    line of a zero matrix, and one all-reduce (a sum) hands every worker all of them."""
+    import numpy as np
+    import tensorflow as tf
+
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict()
+    tasks = [(job, index) for job in JOBS for index in range(len(spec.get(job, ())))]
+    matrix = np.zeros((len(tasks), len(row)))
+    matrix[tasks.index((resolver.task_type, resolver.task_id))] = row
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, tf.constant(matrix), axis=None)
+    own = tasks.index((resolver.task_type, resolver.task_id))
+    return [f"{job} {index}" for job, index in tasks], total.numpy(), own
+
+
+def check_same_run(strategy, identity: dict[str, str]) -> None:
+    """Refuses (`PeerError`, on every worker alike) workers that differ in any value of
+    `identity` (`runs.run_identity`: each setting, the data's fingerprint, the checkpoint
+    resumed), naming the first value that differs.
+
+    Two small all-reduces after the cluster started, before any model exists: the
+    first compares the swsl-cli version and the names compared, the second their
+    values. A worker that stops meanwhile is reported as a lost peer.
+    """
+    if not in_multi_worker_mode(strategy):
+        return
+    names = list(identity)
+    with peer_failures(strategy):
+        workers, header, own = _gathered(strategy, [_digest(f"{__version__} {names}")])
+        if len(set(header[:, 0])) > 1:
+            other = next(
+                workers[i] for i, value in enumerate(header[:, 0]) if value != header[own, 0]
+            )
+            raise PeerError(
+                f"{other} runs another version of swsl-cli than {workers[own]} ({__version__}): "
+                "install the same version on every worker"
+            )
+        _, values, _ = _gathered(strategy, [_digest(identity[name]) for name in names])
+    for column, name in enumerate(names):
+        others = [
+            workers[i] for i in range(len(workers)) if values[i, column] != values[own, column]
+        ]
+        if not others:
+            continue
+        this = f"{workers[own]}: {name} {identity[name]}"
+        if name == "data":
+            raise PeerError(
+                f"{others[0]} loaded other data than {workers[own]} (fingerprint "
+                f"{identity[name]} here): give every worker the same data and --max_train_examples"
+            )
+        if name == "checkpoint":
+            raise PeerError(
+                f"{others[0]} resumes another checkpoint than {workers[own]} ({identity[name]} "
+                "here): give every worker the same --logdir and --run_name"
+            )
+        raise PeerError(
+            f"{others[0]} was started with another {name} than {workers[own]} ({this}): start "
+            "every worker with the same flags"
+        )
+
+
 def signal_on_any_worker(strategy, signal_name: str | None) -> str | None:
-    """The signal (`SIGINT` or `SIGTERM`) that any worker received, else None.
+    """The signal (`SIGHUP`, `SIGINT` or `SIGTERM`) that any worker received, else None.
 
     Every worker calls this at the same step, so all of them stop after that
     step together; a worker stopping on its own would leave the others waiting
@@ -415,8 +487,10 @@ def weights_digest(model) -> str:
 
 
 @contextlib.contextmanager
-def peer_failures(strategy) -> Iterator[None]:
-    """Turns the errors that mean a peer worker went away into a one-line `PeerError`."""
+def peer_failures(strategy, saved_epochs: Callable[[], int] | None = None) -> Iterator[None]:
+    """Turns the errors that mean a peer worker went away into a one-line `PeerError` that
+    says what was saved (`saved_epochs()`: the last complete epoch saved, 0 for none;
+    None: before training)."""
     import tensorflow as tf
 
     peer_gone = (
@@ -435,7 +509,15 @@ def peer_failures(strategy) -> Iterator[None]:
         named = re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)", text)
         peers = [f"{job} {task}" for job, task in named if f"{job} {task}" != own]
         who = peers[0] if peers else "a peer worker"
-        raise PeerError(
-            f"{who} stopped or became unreachable during the run; the last complete epoch "
-            "is saved: start every worker again with --resume"
-        ) from None
+        if saved_epochs is None:
+            raise PeerError(
+                f"{who} stopped or became unreachable before training began; nothing was "
+                "trained: start every worker again"
+            ) from None
+        epoch = saved_epochs()
+        saved = (
+            f"epoch {epoch} is the last one saved: start every worker again with --resume"
+            if epoch
+            else "no epoch was saved: start every worker again with the same command"
+        )
+        raise PeerError(f"{who} stopped or became unreachable during the run; {saved}") from None

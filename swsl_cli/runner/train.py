@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -66,6 +65,7 @@ from swsl_cli.runner.interrupts import (  # noqa: E402
     EXIT_CODES,
     Interrupted,
     handled_by,
+    raise_if_interrupted,
 )
 from swsl_cli.runner.model import augments_itself, build_model, parameter_counts  # noqa: E402
 from swsl_cli.runner.progress import ProgressBar  # noqa: E402
@@ -102,6 +102,7 @@ class Session:
     fresh: bool  # the run folder was created by this process
     data_fingerprint: str
     summaries: RunSummaries
+    resume_command: str = ""  # on every worker, the chief's
 
     @property
     def replicas(self) -> int:
@@ -233,6 +234,7 @@ class EpochRecorder(keras.callbacks.Callback):
                 "epochs": [*record.epochs, entry],
                 "data_fingerprint": session.data_fingerprint,
                 "global_batch": session.global_batch,
+                "architecture": runs.architecture(session.config, record.parameters["total"]),
             },
         )
         record.epochs.append(entry)  # once saved: metrics.json lists what --resume keeps
@@ -328,6 +330,9 @@ def prepare(opened: runs.OpenedRun, stack: contextlib.ExitStack, console: Consol
         data.CropResize(config.image_size, config.center_crop),
     ).limited(config.max_train_examples, config.max_test_examples)
     fingerprint = arrays.fingerprint()
+    raise_if_interrupted()  # a signal that a library swallowed while loading
+    # multi-worker: every worker has the same settings, data and checkpoint, or none starts
+    distribute.check_same_run(strategy, runs.run_identity(opened, fingerprint))
     if opened.resumed:
         runs.check_resumable(opened, fingerprint, arrays.source, strategy.num_replicas_in_sync)
         run = opened.run
@@ -350,6 +355,7 @@ def prepare(opened: runs.OpenedRun, stack: contextlib.ExitStack, console: Consol
         fresh=not opened.resumed,
         data_fingerprint=fingerprint,
         summaries=summaries,
+        resume_command=opened.resume_command(),
     )
     console.line(
         f"device: {device}; strategy {config.distribute} with {session.replicas} replica(s); "
@@ -371,6 +377,7 @@ def build_or_restore(session: Session) -> keras.Model:
     with session.strategy.scope():
         if session.checkpoint is not None:
             model = keras.models.load_model(session.checkpoint.model)
+            raise_if_interrupted()  # a signal that Keras's loading swallowed
             # The same function of the step, over the run's (possibly extended) epochs.
             model.optimizer.learning_rate = learning_rate_schedule(config, session.steps)
             session.console.line(
@@ -452,6 +459,13 @@ def stop_after_step(record: RunRecord):
     return handle
 
 
+def exit_now(signum, frame):
+    """The handler while a stop is reported: another signal exits at once."""
+    name = signal.Signals(signum).name
+    Console.error(f"{name} again: exiting now")
+    os._exit(EXIT_CODES[name])
+
+
 def finish(session: Session, model: keras.Model, record: RunRecord) -> None:
     """Phase 4: test evaluation, final model and PNGs, then status "completed"."""
     record.write(status="finishing")
@@ -482,9 +496,10 @@ def finish(session: Session, model: keras.Model, record: RunRecord) -> None:
 
 
 def discard(session: Session) -> bool:
-    """Removes a run folder this process created when no epoch was saved; True if it did."""
+    """Removes what this process wrote into a run folder it started when no epoch was
+    saved (the folder too, unless it holds other files); True if it did."""
     if session.fresh and session.checkpoint is None:
-        shutil.rmtree(session.run.root, ignore_errors=True)
+        session.run.remove_own_files()
         return True
     return False
 
@@ -492,16 +507,17 @@ def discard(session: Session) -> bool:
 def stopped(session: Session, record: RunRecord, signal_name: str, phase: str) -> int:
     """Reports a run stopped by a signal, keeping what is resumable; returns the exit status."""
     if discard(session):
+        removed = "removed" if not session.run.root.exists() else "removed its files from"
         session.console.error(
             f"{PROG}: interrupted by {signal_name} {phase}, before any epoch was saved; "
-            f"removed {session.run.root}"
+            f"{removed} {session.run.root}"
         )
         return EXIT_CODES[signal_name]
     record.write(status="interrupted")
     session.console.error(
         f"{PROG}: interrupted by {signal_name} {phase}; {session.start_epoch} complete epoch(s) saved"
     )
-    session.console.line(f"Resume with:\n  {runs.resume_command(session.config)}")
+    session.console.line(f"Resume with:\n  {session.resume_command}")
     return EXIT_CODES[signal_name]
 
 
@@ -545,8 +561,10 @@ def run_opened(opened: runs.OpenedRun, stack: contextlib.ExitStack, stream=None)
             f"{opened.cluster.name}: the chief writes the run; this worker's copy goes to a "
             "temporary folder, removed at the end"
         )
+    for note in opened.notes:
+        console.error(f"{PROG}: warning: {note}")
     session = prepare(opened, stack, console)
-    with distribute.peer_failures(session.strategy):
+    with distribute.peer_failures(session.strategy, lambda: session.start_epoch):
         return phases(session)
 
 
@@ -559,6 +577,8 @@ def phases(session: Session) -> int:
     try:
         model = build_or_restore(session)
         record.parameters = parameter_counts(model)
+        if session.checkpoint is not None:
+            runs.check_restored(session.checkpoint, record.parameters["total"])
         session.console.line(model_line(record.parameters, session.settings.jit_compile))
         if session.start_epoch < session.config.n_epochs:
             phase = "while training"
@@ -578,7 +598,10 @@ def phases(session: Session) -> int:
         phase = "while finishing (test evaluation, model, pictures)"
         finish(session, model, record)
     except Interrupted as interrupt:
-        return stopped(session, record, interrupt.signal_name, phase)
+        with handled_by(exit_now):  # the report is written; another signal ends it at once
+            return stopped(session, record, interrupt.signal_name, phase)
+    except runs.ForeignCheckpoint:
+        raise  # refused before anything was trained: the run's files stay as they were
     except BaseException:
         if not discard(session):
             with contextlib.suppress(Exception):

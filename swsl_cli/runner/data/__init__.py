@@ -47,6 +47,7 @@ from swsl_cli.runner.data.tfds_sets import (
     DEFAULT_LABEL_KEY,
     OFFLINE_ENV,
     feature_paths,
+    check_dataset_name,
     load_mnist_default,
     load_tfds,
     network_available,
@@ -105,6 +106,7 @@ def load_dataset(
     that holds the class (`attributes/Male`); other sources refuse any but
     `label`. `crop` crops and resizes every image.
     """
+    check_dataset_name(name)
     if val_split in ("train", "test"):
         raise DataError(
             f"--val_split {val_split}: name a third split (e.g. validation); each epoch is "

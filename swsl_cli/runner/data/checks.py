@@ -7,6 +7,8 @@ import numpy as np
 from swsl_cli.runner.data.arrays import DataError, ImageArrays
 
 MAX_CLASSES = 65536  # beyond this the labels are surely not class indices (and Dense would OOM)
+# The network pools twice by 2x2: smaller images leave no pixel for the second pool.
+MIN_IMAGE_SIDE = 4
 
 
 def _image_dtype_hint(images: np.ndarray) -> str:
@@ -29,12 +31,20 @@ def _checked_split(source: str, split: str, images: np.ndarray, labels: np.ndarr
             f"{source}: {split} images have shape {images.shape}, expected (N, H, W) or "
             "(N, H, W, C)"
         )
+    if len(images) == 0:
+        raise DataError(f"{source}: the {split} split is empty")
+    height, width = images.shape[1:3]
+    channels = images.shape[3] if images.ndim == 4 else 1
+    if min(height, width) < MIN_IMAGE_SIDE or channels == 0:
+        raise DataError(
+            f"{source}: {split} images are {height}x{width} pixels with {channels} channel(s); "
+            f"the network pools twice by 2x2, so they must be at least {MIN_IMAGE_SIDE}x"
+            f"{MIN_IMAGE_SIDE} with at least one channel"
+        )
     if images.dtype != np.uint8:
         raise DataError(
             f"{source}: {split} images are {images.dtype}, not uint8; {_image_dtype_hint(images)}"
         )
-    if len(images) == 0:
-        raise DataError(f"{source}: the {split} split is empty")
     if labels.dtype.kind not in "iu":
         kind = {"U": "strings", "S": "strings", "f": "floats", "b": "booleans"}.get(
             labels.dtype.kind, str(labels.dtype)

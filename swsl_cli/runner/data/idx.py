@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -22,29 +23,45 @@ IDX_FILES = {
 BUNDLED_MNIST = Path(__file__).resolve().parents[2] / "mnist"
 
 
+def _read_at_most(stream, count: int) -> bytes:
+    """Up to `count` bytes of `stream`, read in blocks: a header that claims more than the
+    file holds costs no allocation of its claim."""
+    blocks = []
+    while count > 0 and (block := stream.read(min(count, 1 << 24))):
+        blocks.append(block)
+        count -= len(block)
+    return b"".join(blocks)
+
+
 def read_idx(path: Path, magic: int) -> np.ndarray:
     """Reads one IDX file (gzip-compressed or not) and checks its header and size."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as stream:
-            raw = stream.read()
+            head = _read_at_most(stream, 8)
+            if len(head) < 8:
+                raise DataError(f"{path} is truncated: {len(head)} bytes, not even an IDX header")
+            found = int.from_bytes(head[:4], "big")
+            if found != magic:
+                raise DataError(
+                    f"{path} is not an MNIST IDX file: magic number {found}, expected {magic}"
+                )
+            ndim = head[3]
+            dims = head[4:] + _read_at_most(stream, 4 * ndim - 4)
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            header = 4 + 4 * ndim
+            size = math.prod(shape)  # Python integers: a product beyond int64 stays exact
+            body = _read_at_most(stream, size + 1)
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"cannot read {path}: {error}") from None
-    if len(raw) < 8:
-        raise DataError(f"{path} is truncated: {len(raw)} bytes, not even an IDX header")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
-        raise DataError(f"{path} is not an MNIST IDX file: magic number {found}, expected {magic}")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
+    if len(dims) != 4 * ndim or len(body) != size:
+        found = header + len(body) if len(dims) == 4 * ndim else 4 + len(dims)
+        more = "more than " if len(body) > size else ""
         raise DataError(
-            f"{path} is truncated or padded: {len(raw)} bytes, header says {expected} "
+            f"{path} is truncated or padded: {more}{found} bytes, header says {header + size} "
             f"for shape {shape}"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 def idx_path(folder: Path, stem: str) -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -59,6 +60,7 @@ def load_npz(path: Path, val_split: str | None = None, name: str | None = None) 
                 raise DataError(f"{path} lacks the arrays {', '.join(missing)}")
             arrays = {}
             for key in keys + (["num_classes"] if "num_classes" in archive.files else []):
+                _check_member_size(archive, path, key)
                 try:
                     arrays[key] = archive[key]
                 except ValueError as error:
@@ -85,6 +87,31 @@ def load_npz(path: Path, val_split: str | None = None, name: str | None = None) 
         num_classes=_num_classes_scalar(path, num_classes),
         val_split=val_split,
     )
+
+
+def _check_member_size(archive, path: Path, key: str) -> None:
+    """Refuses an array whose header claims more bytes than its member holds, before numpy
+    allocates the claim (a damaged header of 10^9 images would ask for 784 GB)."""
+    if f"{key}.npy" not in archive.zip.namelist():
+        return  # not a .npy member: refused when read
+    member = archive.zip.getinfo(f"{key}.npy")
+    with archive.zip.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(stream)
+        held = member.file_size - stream.tell()
+    if dtype.hasobject:
+        return  # refused when read, as Python objects
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > held:
+        raise DataError(
+            f"{path}: array {key} is damaged: its header claims shape {shape} of {dtype} "
+            f"({claimed:,} bytes) but the archive holds {held:,} bytes of it"
+        )
 
 
 def _num_classes_scalar(path: Path, value: np.ndarray | None) -> int | None:

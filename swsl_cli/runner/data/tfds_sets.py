@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 
@@ -18,6 +19,22 @@ NETWORK_PROBE_SECONDS = 5.0
 OFFLINE_ENV = "SWSL_OFFLINE"
 DEFAULT_LABEL_KEY = "label"
 LISTED_FEATURES = 12  # feature names listed in a refusal at most
+# TFDS's grammar: [namespace:]name[/config][:version], names in snake case.
+_NAME = r"[a-z][a-z0-9_]*"
+DATASET_NAME = re.compile(
+    rf"(?:{_NAME}:)?{_NAME}(?:/[A-Za-z0-9_.+-]+)?(?::\d+(?:\.(?:\d+|\*)){{0,2}})?"
+)
+
+
+def check_dataset_name(name: str) -> None:
+    """Refuses a `--dataset` that cannot be a tensorflow-datasets name (`../x`, `mnist[:10]`)
+    before it reaches TFDS, or a path."""
+    if not DATASET_NAME.fullmatch(name):
+        raise DataError(
+            f"--dataset {name!r} is not a data set name: tensorflow-datasets names are "
+            "lowercase letters, digits and '_', optionally /CONFIG and :VERSION (fashion_mnist, "
+            "emnist/letters, cifar10:3.0.2); for your own data pass --data_dir FILE.npz"
+        )
 
 
 def network_available(address=TFDS_HOST, timeout: float = NETWORK_PROBE_SECONDS) -> bool:
