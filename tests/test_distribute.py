@@ -109,6 +109,55 @@ def test_cli_refuses_bad_tf_config_with_exit_2_before_tensorflow(monkeypatch, ca
     assert "needs --seed" in capsys.readouterr().err
 
 
+def two_workers_that_hold(monkeypatch, own, other):
+    """`check_same_run` as worker 0 of a cluster whose worker 1 holds `other` values (and,
+    with another version, another list of names): the all-reduce is stood in for."""
+    import numpy as np
+
+    monkeypatch.setattr(distribute, "in_multi_worker_mode", lambda strategy: True)
+    rows = iter(
+        [
+            [[distribute._digest(f"{distribute.__version__} {list(own)}")],
+             [distribute._digest(f"{other.pop('version', distribute.__version__)} {list(own)}")]],
+            [[distribute._digest(own[name]) for name in own],
+             [distribute._digest(other.get(name, own[name])) for name in own]],
+        ]
+    )  # fmt: skip
+    monkeypatch.setattr(
+        distribute,
+        "_gathered",
+        lambda strategy, row: (["worker 0", "worker 1"], np.array(next(rows)), 0),
+    )
+
+
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        (
+            {"--layer": "sws"},
+            "worker 1 was started with another --layer than worker 0 (worker 0: --layer conv)",
+        ),
+        ({"data": "0123"}, "worker 1 loaded other data than worker 0 (fingerprint fea8 here)"),
+        (
+            {"checkpoint": "none"},
+            "worker 1 resumes another checkpoint than worker 0 (epoch 1 (ab12) here)",
+        ),
+        (
+            {"version": "0.1.0"},
+            f"worker 1 runs another version of swsl-cli than worker 0 ({distribute.__version__})",
+        ),
+    ],
+)
+def test_workers_that_differ_are_refused_naming_the_difference(monkeypatch, other, message):
+    own = {"--layer": "conv", "--n_epochs": "2", "data": "fea8", "checkpoint": "epoch 1 (ab12)"}
+    two_workers_that_hold(monkeypatch, own, dict(other))
+    with pytest.raises(distribute.PeerError) as error:
+        distribute.check_same_run(None, own)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    two_workers_that_hold(monkeypatch, own, {})
+    distribute.check_same_run(None, own)  # the same everywhere: no refusal
+
+
 # Real workers: `swsl-train` processes on free loopback ports.
 
 

@@ -52,6 +52,11 @@ def test_logdir_that_is_a_file_or_below_one(tmp_path):
         runs.create(runs.with_seed(Config(logdir=str(tmp_path / "file"))))
     with pytest.raises(runs.RunError, match="cannot create --logdir"):
         runs.create(runs.with_seed(Config(logdir=str(tmp_path / "file" / "sub"))))
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    for check in (runs.check_new_run, lambda config: runs.create(runs.with_seed(config))):
+        with pytest.raises(runs.RunError, match="is a symbolic link that leads to no folder"):
+            check(Config(logdir=str(tmp_path / "loop")))
 
 
 def _write_model(text):
@@ -268,6 +273,15 @@ def test_files_read_back_are_never_read_through_a_link(tmp_path):
     with pytest.raises(runs.RunError, match="checkpoints is a symbolic link"):
         run.save_checkpoint(_write_model("two"), state(2))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-1"]
+
+
+def test_a_run_folder_whose_own_folders_are_files_is_refused(tmp_path):
+    run, config = new_run(tmp_path)
+    run.checkpoints.write_text("x")
+    with pytest.raises(runs.RunError, match="checkpoints is a file, not a folder swsl-train made"):
+        run.check_folders()
+    with pytest.raises(runs.RunError, match="checkpoints is a file, not a folder"):
+        run.usable_checkpoint(config)
 
 
 def test_writes_replace_a_planted_link_and_never_write_through_it(tmp_path):

@@ -86,6 +86,14 @@ def file_kind(mode: int) -> str:
     return next((kind for test, kind in _FILE_KINDS if test(mode)), "file")
 
 
+def _kind_of(path: Path) -> str:
+    """`file_kind` of what `path` names now (never through a link)."""
+    try:
+        return file_kind(os.lstat(path).st_mode)
+    except OSError:
+        return "file that vanished"
+
+
 # Files: read and written without following a link, regular files only.
 
 
@@ -251,7 +259,8 @@ class Checkpoint:
 
     @property
     def parameters(self) -> int | None:
-        """The parameter count its network had when saved; None for checkpoints before 0.4."""
+        """The parameter count its network had when saved; None for checkpoints saved before
+        the record existed (0.3.1 and earlier)."""
         return self.state.get("architecture", {}).get("parameters")
 
 
@@ -599,11 +608,10 @@ class RunDir:
             try:
                 descriptor = os.open("lock", flags, 0o644, dir_fd=folder)
             except OSError as error:
-                if error.errno == errno.ELOOP or error.errno == errno.EISDIR:
-                    mode = os.lstat(self.lock_file).st_mode
+                if error.errno in (errno.ELOOP, errno.EISDIR):
                     raise RunError(
-                        f"{self.lock_file} is a {file_kind(mode)}, not the file swsl-train "
-                        "makes; nothing is written through it: remove it and try again"
+                        f"{self.lock_file} is a {_kind_of(self.lock_file)}, not the file "
+                        "swsl-train makes; nothing is written through it: remove it and try again"
                     ) from None
                 return None  # read-only, no permission: the folder's lock alone holds
             info = os.fstat(descriptor)
@@ -658,7 +666,17 @@ def effective_status(run: RunDir, status: str) -> str:
     return status
 
 
+def _no_dangling_link(logdir: Path) -> None:
+    """Refuses a `--logdir` that is a symbolic link to nothing (a missing target, a loop)."""
+    if logdir.is_symlink() and not logdir.exists():
+        raise RunError(
+            f"--logdir {logdir} is a symbolic link that leads to no folder (its target is "
+            "missing, or it loops); choose another --logdir"
+        )
+
+
 def _usable_logdir(logdir: Path) -> None:
+    _no_dangling_link(logdir)
     if logdir.exists() and not logdir.is_dir():
         raise RunError(f"--logdir {logdir} is a file, not a folder; choose another --logdir")
     try:
@@ -726,7 +744,11 @@ def create(
 def _latest_run(logdir: Path) -> Path:
     """The run folder (no link) whose checkpoints changed last."""
     candidates = []
-    for run in logdir.iterdir():
+    try:
+        runs = list(logdir.iterdir())
+    except OSError as error:
+        raise RunError(f"--resume: cannot read --logdir {logdir}: {error.strerror}") from None
+    for run in runs:
         checkpoints = RunDir(run).checkpoints
         try:
             if run.is_symlink() or checkpoints.is_symlink() or not checkpoints.is_dir():
@@ -869,6 +891,7 @@ def check_new_run(config: Config) -> None:
     """Refuses at once what `create` would refuse later (an unusable `--logdir`, a taken
     name), creating nothing: a run that cannot start leaves no folder behind."""
     logdir = Path(config.logdir).expanduser()
+    _no_dangling_link(logdir)
     existing = next(path for path in (logdir, *logdir.parents) if path.exists())
     if existing == logdir and not logdir.is_dir():
         raise RunError(f"--logdir {logdir} is a file, not a folder; choose another --logdir")
