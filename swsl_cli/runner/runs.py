@@ -53,10 +53,13 @@ LOCK_RECORD = 128  # bytes of `lock` that name its holder, written in place, nev
 # The settings that decide the network's weights: a checkpoint of other values is another run's.
 ARCHITECTURE_SETTINGS = (
     "layer",
+    "head",
     "n_filters",
     "centroid_grid",
     "n_centroids",
     "centroids_trainable",
+    "rank",
+    "combining",
 )
 _FILE_KINDS = (
     (stat.S_ISLNK, "symbolic link"),

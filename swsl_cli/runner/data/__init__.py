@@ -46,8 +46,8 @@ from swsl_cli.runner.data.spatial import SPATIAL_MNIST, spatial_distortion, spat
 from swsl_cli.runner.data.tfds_sets import (
     DEFAULT_LABEL_KEY,
     OFFLINE_ENV,
-    feature_paths,
     check_dataset_name,
+    feature_paths,
     load_mnist_default,
     load_tfds,
     network_available,
