@@ -162,9 +162,11 @@ def make_run(logdir, name, status, epochs, **flags):
     run.root.mkdir(parents=True)
     config = Config(logdir=str(logdir), run_name=name, deterministic=True, **flags)
     run.write_config(config)
-    run.write_metrics({"status": status, "epochs": [{"epoch": e + 1} for e in range(epochs)]})
+    entries = [{"epoch": e + 1} for e in range(epochs)]
+    run.write_metrics({"status": status, "epochs": entries})
     if epochs:
-        run.save_checkpoint(lambda path: path.write_bytes(b"model"), {"epoch": epochs})
+        state = {"epoch": epochs, "epochs": entries}
+        run.save_checkpoint(lambda path: path.write_bytes(b"model"), state)
     return run
 
 

@@ -43,6 +43,12 @@ class RaiseInterrupted:
         raise Interrupted(name)
 
 
+def raise_interrupted(signum, frame):
+    """Signal handler that turns SIGHUP/SIGINT/SIGTERM into `Interrupted`, for code that makes
+    no call that could swallow it (a `RaiseInterrupted` also remembers the signal)."""
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def raise_if_interrupted() -> None:
     """Raises `Interrupted` again if the installed `RaiseInterrupted` handler saw a signal.
 
