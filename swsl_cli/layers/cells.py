@@ -1,18 +1,21 @@
 """Convolution geometry, and per-cell kernels applied to an input's patches.
 
-`SoftWeightSharingConv2D` (its `local` implementation) and
-`LocallyConnected2D` both compute
+`SoftWeightSharingConv2D` (its `local` implementation),
+`LocallyConnected2D` and `LowRankLocallyConnected2D` all compute
 
-    Y[b, i, j, f] = sum_k patch(X[b], i, j)[k] * kernel(i, j)[f, k]
+    Y[b, i, j, f] = sum_k patch(X[b], i, j)[k] * kernel(i, j)[k, f]
 
 with a kernel per output cell `(i, j)`; `CellPatches` is that one
-implementation. Only `keras.ops` is used, so it runs on every backend.
+implementation. It is written with `keras.ops` only, so it runs on every
+backend; on TensorFlow's CPU kernels `CellPatches` takes the equal fast path
+of `swsl_cli.layers.cells_tensorflow` (tested equal in outputs and gradients).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -121,13 +124,17 @@ class CellPatches:
         kernel_size: `(kh, kw)`.
         strides: `(sh, sw)`.
         padding: `"same"` or `"valid"`, as `Conv2D` pads.
+        fast_path: whether `apply` may take TensorFlow's fast path
+            (`swsl_cli.layers.cells_tensorflow`). `None` (the default): where
+            it was measured faster, on TensorFlow without a GPU. Either way
+            the results are the same up to float rounding.
 
     A patch is flattened in `(kh, kw, channels)` order, so the kernel of cell
-    `(i, j)` as a `Conv2D` kernel `(kh, kw, C, F)` is `K = kh * kw * C` rows
-    of the `(K, F)` matrix whose transpose `apply` takes.
+    `(i, j)` as a `Conv2D` kernel `(kh, kw, C, F)` is the `(K, F)` matrix,
+    `K = kh * kw * C`, that `apply` takes for that cell.
     """
 
-    def __init__(self, input_size, output_size, kernel_size, strides, padding: str):
+    def __init__(self, input_size, output_size, kernel_size, strides, padding: str, fast_path=None):
         (rows, cols), (kh, kw), (sh, sw) = input_size, kernel_size, strides
         self.output_size = tuple(output_size)
         out_rows, out_cols = self.output_size
@@ -143,6 +150,11 @@ class CellPatches:
         # Flat pixel index `row * cols + col`, or `rows * cols` (zeros) in the padding.
         flat = np.where(inside, i * cols + j, rows * cols).reshape(-1)
         self.gather = gather_rows(flat, rows * cols)
+        self.fast = None
+        if fast_path or (fast_path is None and fast_path_measured_faster()):
+            from swsl_cli.layers.cells_tensorflow import TensorFlowCellPatches
+
+            self.fast = TensorFlowCellPatches(flat, rows * cols, self.output_size)
 
     @property
     def cells(self) -> int:
@@ -150,15 +162,22 @@ class CellPatches:
         return self.output_size[0] * self.output_size[1]
 
     def apply(self, inputs, kernels):
-        """`Y[b, i, j, f] = sum_k patch(X[b], i, j)[k] * kernels[i * W' + j, f, k]`.
+        """`Y[b, i, j, f] = sum_k patch(X[b], i, j)[k] * kernels[i * W' + j, k, f]`.
 
         Args:
             inputs: `(batch, rows, cols, C)`.
-            kernels: `(H' * W', F, kh * kw * C)`, the cells' kernels, row-major
+            kernels: `(H' * W', kh * kw * C, F)`, the cells' kernels, row-major
                 over the cells.
 
         Returns:
             `(batch, H', W', F)`.
+        """
+        if self.fast is not None:
+            return self.fast.apply(inputs, kernels)
+        return self.reference_apply(inputs, kernels)
+
+    def reference_apply(self, inputs, kernels):
+        """`apply` with `keras.ops` alone, on every backend.
 
         The input is laid out `(rows, cols, C, batch)`, so gathering the
         receptive fields gives the patches as `(H'W', K, batch)` with no copy
@@ -168,7 +187,17 @@ class CellPatches:
         """
         rows, cols, _ = inputs.shape[1:]
         pixels = ops.reshape(ops.transpose(inputs, (1, 2, 3, 0)), (rows * cols, -1))
-        patches = ops.reshape(self.gather(pixels), (self.cells, kernels.shape[-1], -1))
-        outputs = ops.matmul(kernels, patches)  # (H'W', F, batch)
+        patches = ops.reshape(self.gather(pixels), (self.cells, kernels.shape[1], -1))
+        outputs = ops.matmul(ops.transpose(kernels, (0, 2, 1)), patches)  # (H'W', F, batch)
         outputs = ops.transpose(outputs, (2, 0, 1))
-        return ops.reshape(outputs, (-1, *self.output_size, kernels.shape[1]))
+        return ops.reshape(outputs, (-1, *self.output_size, kernels.shape[2]))
+
+
+def fast_path_measured_faster() -> bool:
+    """Whether `CellPatches` takes TensorFlow's fast path by default: on TensorFlow's CPU
+    kernels, where it was measured (docs/benchmarks.md); GPUs keep the `keras.ops` path."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.config.list_logical_devices("GPU")

@@ -107,9 +107,8 @@ class LocallyConnected2D(BaseLocalConv2D):
         self.bias = self.add_bias((*output_size, self.filters))
 
     def call(self, inputs):
-        cells = self._cell_patches.cells
-        # (H', W', kh, kw, C, F) -> (H'W', F, K): the layout CellPatches takes.
-        kernels = ops.transpose(ops.reshape(self.kernel, (cells, -1, self.filters)), (0, 2, 1))
+        # (H', W', kh, kw, C, F) -> (H'W', K, F): the layout CellPatches takes, no copy.
+        kernels = ops.reshape(self.kernel, (self._cell_patches.cells, -1, self.filters))
         outputs = self._cell_patches.apply(inputs, kernels)
         if self.use_bias:
             outputs = outputs + self.bias

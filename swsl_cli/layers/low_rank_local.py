@@ -217,12 +217,12 @@ class LowRankLocallyConnected2D(BaseLocalConv2D):
         return ops.reshape(mixed, (-1, self.output_rows, self.output_cols, self.filters))
 
     def _cell_kernels(self, weights):
-        """`sum_k w_k(i, j) W_k` for every cell: `(H'W', filters, kh * kw * in_channels)`."""
+        """`sum_k w_k(i, j) W_k` for every cell: `(H'W', kh * kw * in_channels, filters)`."""
         cells = self.output_rows * self.output_cols
-        # (kh, kw, C, F, K) -> (K, F * kh * kw * C): one matmul mixes every cell's kernel.
-        bases = ops.reshape(ops.transpose(self.kernel, (4, 3, 0, 1, 2)), (self.rank, -1))
+        # (kh, kw, C, F, K) -> (K, kh * kw * C * F): one matmul mixes every cell's kernel.
+        bases = ops.reshape(ops.transpose(self.kernel, (4, 0, 1, 2, 3)), (self.rank, -1))
         mixed = ops.matmul(ops.reshape(weights, (cells, self.rank)), bases)
-        return ops.reshape(mixed, (cells, self.filters, -1))
+        return ops.reshape(mixed, (cells, -1, self.filters))
 
     def basis_kernels(self) -> np.ndarray:
         """The K bases as numpy, `(kh, kw, in_channels, filters, rank)`."""
@@ -236,10 +236,9 @@ class LowRankLocallyConnected2D(BaseLocalConv2D):
         """
         weights = ops.cast(self.combining_weights(), self.kernel.dtype)
         kernels = ops.convert_to_numpy(self._cell_kernels(weights))
-        kernels = kernels.reshape(
-            self.output_rows, self.output_cols, self.filters, *self.kernel_size, -1
+        return kernels.reshape(
+            self.output_rows, self.output_cols, *self.kernel_size, -1, self.filters
         )
-        return kernels.transpose(0, 1, 3, 4, 5, 2)
 
     def get_config(self):
         config = super().get_config()

@@ -325,21 +325,22 @@ class SoftWeightSharingConv2D(BaseLocalConv2D):
         return ops.sum(stacked * coefficients, axis=-1)
 
     def _cell_kernels(self, coefficients):
-        """`sum_s S_s(i, j) W_s` for every cell: `(H'W', filters, kh * kw * in_channels)`."""
+        """`sum_s S_s(i, j) W_s` for every cell: `(H'W', kh * kw * in_channels, filters)`."""
         cells = self.output_rows * self.output_cols
         kernels = ops.reshape(self.kernel, (-1, self.filters, self.n_centroids))  # (K, F, S)
-        coefficients = ops.reshape(
-            ops.broadcast_to(
-                coefficients, (self.output_rows, self.output_cols, self.filters, self.n_centroids)
-            ),
-            (cells, self.filters, self.n_centroids),
-        )
-        # F matmuls (P x S) @ (S x K): several times faster, forward and
-        # backward, than broadcasting a (P, F, S, K) product.
+        if self.groups == 1:
+            # Shared coefficients: one matmul (H'W' x S) @ (S x K F), whose rows are
+            # the cells' kernels in place, and whose gradient is one matmul too.
+            bases = ops.reshape(ops.transpose(kernels, (2, 0, 1)), (self.n_centroids, -1))
+            mixed = ops.matmul(ops.reshape(coefficients, (cells, self.n_centroids)), bases)
+            return ops.reshape(mixed, (cells, -1, self.filters))
+        coefficients = ops.reshape(coefficients, (cells, self.filters, self.n_centroids))
+        # Per-filter coefficients: F matmuls (H'W' x S) @ (S x K), several times
+        # faster, forward and backward, than broadcasting a (H'W', F, S, K) product.
         mixed = ops.matmul(
             ops.transpose(coefficients, (1, 0, 2)), ops.transpose(kernels, (1, 2, 0))
         )
-        return ops.transpose(mixed, (1, 0, 2))
+        return ops.transpose(mixed, (1, 2, 0))
 
     def kcp_kernels(self) -> np.ndarray:
         """The KCPs' kernels as numpy, shape `(kh, kw, in_channels, filters, S)`."""
@@ -354,10 +355,9 @@ class SoftWeightSharingConv2D(BaseLocalConv2D):
         """
         coefficients = ops.cast(self.similarity_map(), self.kernel.dtype)
         kernels = ops.convert_to_numpy(self._cell_kernels(coefficients))
-        kernels = kernels.reshape(
-            self.output_rows, self.output_cols, self.filters, *self.kernel_size, -1
+        return kernels.reshape(
+            self.output_rows, self.output_cols, *self.kernel_size, -1, self.filters
         )
-        return kernels.transpose(0, 1, 3, 4, 5, 2)
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,107 @@
+"""CellPatches' TensorFlow fast path against its `keras.ops` reference: outputs and gradients.
+
+TensorFlow only (the fast path exists there); the reference itself is checked
+against numpy on every backend by the layer tests.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from swsl_cli import LocallyConnected2D, LowRankLocallyConnected2D, SoftWeightSharingConv2D
+from swsl_cli.layers.cells import CellPatches, conv_output_size
+
+GEOMETRIES = [
+    # input (batch, rows, cols, C), kernel, strides, padding
+    ((3, 9, 8, 2), (3, 3), (1, 1), "same"),
+    ((3, 9, 8, 2), (3, 5), (2, 1), "same"),
+    ((2, 10, 7, 3), (2, 4), (2, 2), "valid"),
+    ((4, 7, 7, 1), (7, 7), (1, 1), "same"),  # the runner's first layer: every cell pads
+    ((2, 5, 6, 4), (1, 1), (1, 1), "valid"),
+]
+
+
+def patches_and_kernels(rng, shape, kernel_size, strides, padding, filters=5):
+    output_size = conv_output_size(shape[1:3], kernel_size, strides, padding)
+    fast = CellPatches(shape[1:3], output_size, kernel_size, strides, padding, fast_path=True)
+    size = kernel_size[0] * kernel_size[1] * shape[3]
+    cells = output_size[0] * output_size[1]
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
+    kernels = tf.constant(rng.normal(size=(cells, size, filters)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(shape[0], *output_size, filters)).astype("float32"))
+    return fast, x, kernels, upstream
+
+
+def outputs_and_gradients(apply, x, kernels, upstream):
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernels])
+        y = apply(x, kernels)
+        loss = tf.reduce_sum(y * upstream)
+    return [y, *tape.gradient(loss, [x, kernels])]
+
+
+def as_numpy(tensors):
+    return [t.numpy() for t in tensors]
+
+
+@pytest.mark.parametrize("shape, kernel_size, strides, padding", GEOMETRIES)
+def test_fast_path_equals_the_reference_in_outputs_and_gradients(
+    rng, shape, kernel_size, strides, padding
+):
+    fast, x, kernels, upstream = patches_and_kernels(rng, shape, kernel_size, strides, padding)
+    assert fast.fast is not None
+    got = as_numpy(outputs_and_gradients(fast.apply, x, kernels, upstream))
+    expected = as_numpy(outputs_and_gradients(fast.reference_apply, x, kernels, upstream))
+    for name, g, e in zip(("outputs", "input gradient", "kernel gradient"), got, expected):
+        assert g.shape == e.shape, name
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_fast_path_inside_a_traced_function_and_in_bfloat16(rng):
+    fast, x, kernels, upstream = patches_and_kernels(rng, (3, 9, 8, 2), (3, 3), (1, 1), "same")
+    traced = tf.function(lambda x, k: outputs_and_gradients(fast.apply, x, k, upstream))
+    got = as_numpy(traced(x, kernels))
+    expected = as_numpy(outputs_and_gradients(fast.reference_apply, x, kernels, upstream))
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+    half = [tf.cast(t, "bfloat16") for t in (x, kernels, upstream)]
+    low = as_numpy(outputs_and_gradients(fast.apply, *half))
+    for g, e in zip(low, expected):
+        assert g.dtype == tf.bfloat16.as_numpy_dtype
+        np.testing.assert_allclose(g.astype("float32"), e, rtol=0.05, atol=0.1)
+
+
+def test_the_fast_path_is_taken_on_the_cpu_unless_refused():
+    geometry = ((8, 8), (8, 8), (3, 3), (1, 1), "same")
+    assert CellPatches(*geometry).fast is not None  # TensorFlow, no GPU
+    assert CellPatches(*geometry, fast_path=False).fast is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LocallyConnected2D(4, 3, padding="same", bias_initializer="random_normal"),
+        lambda: SoftWeightSharingConv2D(4, 3, centroids=(2, 2), implementation="local"),
+        lambda: SoftWeightSharingConv2D(
+            4, 3, centroids=(2, 2), per_feature=True, centroids_trainable=True
+        ),
+        lambda: LowRankLocallyConnected2D(4, 3, rank=3, padding="same"),
+    ],
+)
+def test_every_per_cell_layer_gives_the_same_numbers_on_either_path(rng, make):
+    x = tf.constant(rng.normal(size=(2, 8, 7, 3)).astype("float32"))
+    results = []
+    for fast_path in (True, False):
+        keras.utils.set_random_seed(3)
+        layer = make()
+        layer.build(x.shape)
+        layer._cell_patches.fast = None if not fast_path else layer._cell_patches.fast
+        assert (layer._cell_patches.fast is not None) == fast_path
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x)))
+        gradients = tape.gradient(loss, [x, *layer.trainable_variables])
+        results.append([g.numpy() for g in gradients])
+    for fast, reference in zip(*results):
+        np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
