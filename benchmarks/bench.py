@@ -167,13 +167,16 @@ def best_step_ms(steps: dict, rounds: int = 5, repeats: int = 10) -> dict:
 
 
 def runner_throughput(arrays: data.ImageArrays, epochs: int) -> tuple[float, float]:
-    """`swsl-train`'s own images/s (best epoch after the first) and its time to the first step."""
+    """`swsl-train`'s own images/s (best epoch after the first) and its time to the first step.
+
+    The run is given no `--seed`, as a user's default run: no op determinism,
+    like the bare `fit` it is compared with (`determinism_cost` measures that).
+    """
     with tempfile.TemporaryDirectory() as logdir:
         config = Config(
             logdir=logdir,
             run_name="bench",
             n_epochs=epochs,
-            seed=0,
             quiet=True,
             max_train_examples=len(arrays.x_train),
             max_test_examples=len(arrays.x_test),
@@ -184,6 +187,36 @@ def runner_throughput(arrays: data.ImageArrays, epochs: int) -> tuple[float, flo
         metrics = json.loads((Path(logdir) / "bench" / "metrics.json").read_text())
     best = max(epoch["images_per_second"] for epoch in metrics["epochs"][1:])
     return best, metrics["time_to_first_step_s"]
+
+
+def runner_overhead(arrays: data.ImageArrays, rounds: int, epochs: int) -> tuple:
+    """A bare `fit` and `swsl-train` of the default net, taking turns for `rounds` rounds.
+
+    Both train `epochs` epochs of `arrays` (the full 60,000 images by default)
+    through the same pipeline and recipe; each side keeps its best epoch after
+    the first. The runner's epoch time ends where its validation begins.
+    Returns (bare img/s, runner img/s, runner's time to the first step).
+    """
+    bare = runner = 0.0
+    for _ in range(rounds):
+        bare = max(bare, fit_throughput(Config(), arrays, repeats=epochs - 1))
+        speed, first_step = runner_throughput(arrays, epochs)
+        runner = max(runner, speed)
+    return bare, runner, first_step
+
+
+def determinism_cost(arrays: data.ImageArrays) -> float:
+    """The default net's bare `fit` throughput with TensorFlow's op determinism on
+    (what `--seed` turns on), as a fraction of the throughput without it."""
+    from tensorflow.python.framework import config as tf_config
+
+    free = fit_throughput(Config(), arrays)
+    tf.config.experimental.enable_op_determinism()
+    try:
+        fixed = fit_throughput(Config(), arrays)
+    finally:
+        tf_config.disable_op_determinism()
+    return fixed / free
 
 
 def help_seconds(repeats: int = 5) -> float:
@@ -205,6 +238,13 @@ def main() -> int:
         "--data_dir", help="MNIST source, as swsl-train --data_dir (default: the bundled copy)"
     )
     parser.add_argument("--images", type=int, default=3200, help="images per timed fit")
+    parser.add_argument(
+        "--runner_images",
+        type=int,
+        default=60000,
+        help="training images of the runner against bare fit comparison (full epochs)",
+    )
+    parser.add_argument("--runner_rounds", type=int, default=2)
     parser.add_argument("--out", default="bench-out/bench.md")
     parser.add_argument(
         "--layer_steps_only",
@@ -213,9 +253,8 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    arrays = (
-        data.load_mnist(args.data_dir) if args.data_dir else data.load_bundled_mnist()
-    ).limited(args.images, 1000)
+    source = data.load_mnist(args.data_dir) if args.data_dir else data.load_bundled_mnist()
+    arrays = source.limited(args.images, 1000)
     rows = []
 
     def add(name, value, unit, note=""):
@@ -224,6 +263,7 @@ def main() -> int:
 
     if not args.layer_steps_only:
         net_figures(arrays, add)
+        runner_figures(source.limited(args.runner_images, 10000), args.runner_rounds, add)
     layer_step_figures(add)
     write_table(rows, Path(args.out))
     return 0
@@ -266,11 +306,23 @@ def net_figures(arrays: data.ImageArrays, add) -> None:
     keras.mixed_precision.set_global_policy("float32")
     add("fit throughput, SWS 2x2, mixed_bfloat16", bf16, "img/s", f"{bf16 / sws:.2f} x float32")
 
-    runner, first_step = runner_throughput(arrays, epochs=4)
-    add("swsl-train throughput", runner, "img/s", "best of epochs 2-4; TensorBoard, checkpoints on")
-    add("runner overhead vs bare fit", 1 - runner / sws, "fraction", "goal <= 0.05")
-    add("time to first training step", first_step, "s", "from run() start, data loaded")
+    add(
+        "op determinism (--seed), SWS 2x2",
+        determinism_cost(arrays),
+        "x",
+        "bare fit with it against without",
+    )
     add("swsl-train --help", help_seconds(), "s", "median of 5; goal <= 0.3")
+
+
+def runner_figures(arrays: data.ImageArrays, rounds: int, add) -> None:
+    """`swsl-train` against a bare `fit` of the same net, pipeline and recipe."""
+    bare, runner, first_step = runner_overhead(arrays, rounds, epochs=3)
+    note = f"{len(arrays.x_train):,} images an epoch, best of epochs 2-3, {rounds} rounds"
+    add("bare fit throughput, SWS 2x2", bare, "img/s", note)
+    add("swsl-train throughput", runner, "img/s", f"{note}; TensorBoard, checkpoints on")
+    add("runner overhead vs bare fit", 1 - runner / bare, "fraction", "goal <= 0.05")
+    add("time to first training step", first_step, "s", "from run() start, data loaded")
 
 
 def layer_step_figures(add) -> None:

@@ -23,6 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 
+def in_xla_context() -> bool:
+    """Whether the graph being built will be compiled by XLA (`jit_compile=True`)."""
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 class TensorFlowCellPatches:
     """`CellPatches`'s gather and per-cell product on TensorFlow.
 
@@ -51,6 +58,12 @@ class TensorFlowCellPatches:
         @tf.custom_gradient
         def gather(values):
             def grad(upstream):
+                if in_xla_context():  # XLA has no SparseSegmentSum kernel
+                    return tf.math.unsorted_segment_sum(
+                        tf.gather(upstream, self.reader_rows),
+                        self.reader_pixels,
+                        num_segments=self.pixels,
+                    )
                 return tf.sparse.segment_sum(
                     upstream, self.reader_rows, self.reader_pixels, num_segments=self.pixels
                 )
