@@ -284,7 +284,7 @@ def net_figures(arrays: data.ImageArrays, add) -> None:
     add("SWS / conv", sws / conv, "x", "goal >= 0.85")
     add("fit throughput, LocallyConnected2D (24, 48)", local, "img/s", note)
     add("local / conv", local / conv, "x", "goal >= 0.75")
-    # The recipe against the previous one (issue 14's "today"): plain Adam, exponential
+    # The recipe against the previous one (0.2's): plain Adam, exponential
     # decay, shifts as a layer in the model.
     previous = fit_throughput(
         Config(lr_schedule="exponential", learning_rate=1e-3, ema=0, max_rotation=0, max_zoom=0),
