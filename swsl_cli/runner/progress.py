@@ -11,14 +11,7 @@ from swsl_cli.runner.console import Console
 
 
 class ProgressBar(keras.callbacks.Callback):
-    """Per-epoch tqdm bar with live loss/accuracy, on a terminal and unless quiet.
-
-    `async_safe`: Keras may run its step updates on its own threads, so the
-    training loop does not wait for each step's loss; the bar's count is whole
-    at the end of every epoch, when Keras has run them all.
-    """
-
-    async_safe = True
+    """Per-epoch tqdm bar with live loss/accuracy, on a terminal and unless quiet."""
 
     def __init__(
         self, epochs: int, steps: int, quiet: bool = False, console: Console | None = None

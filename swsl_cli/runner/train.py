@@ -19,7 +19,6 @@ import re
 import shlex
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -160,21 +159,11 @@ class RunRecord:
 
 
 class StopOnRequest(keras.callbacks.Callback):
-    """Ends training at a step boundary after a signal or a non-finite loss.
+    """Ends training at the next step boundary after a signal or a non-finite loss."""
 
-    With one worker it is `async_safe`: Keras then runs the per-step callbacks
-    on its own threads and the training loop never waits for a step's loss to
-    reach Python (a wait that cost the loop its overlap of host and device
-    work). The stop then comes a step or a few after the signal; the epoch in
-    progress is discarded either way. Several workers must agree on the stop at
-    the same step, in step with their all-reduces, so there it runs in the loop.
-    """
-
-    def __init__(self, record: RunRecord, async_safe: bool = True):
+    def __init__(self, record: RunRecord):
         super().__init__()
         self.record = record
-        self.async_safe = async_safe
-        self.lock = threading.Lock()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -184,10 +173,7 @@ class StopOnRequest(keras.callbacks.Callback):
         if record.first_step_s is None:
             record.first_step_s = round(time.perf_counter() - record.session.started, 3)
         if logs and not math.isfinite(float(logs["loss"])):
-            with self.lock:  # steps' callbacks may finish out of order: keep the first
-                where = (self.epoch, batch)
-                if record.nonfinite_at is None or where < record.nonfinite_at:
-                    record.nonfinite_at = where
+            record.nonfinite_at = (self.epoch, batch)
         # multi-worker: all workers stop at the same step, once one of them got a signal
         agreed = distribute.signal_on_any_worker(self.model.distribute_strategy, record.signal_name)
         if agreed is not None or record.nonfinite_at is not None:
@@ -424,7 +410,7 @@ def fit(session: Session, model: keras.Model, record: RunRecord) -> None:
     # partial read of the cached test pipeline makes TensorFlow log a warning.
     probe = (arrays.x_test[:32].astype("float32"), arrays.y_test[:32])
     callbacks = [
-        StopOnRequest(record, async_safe=not distribute.in_multi_worker_mode(session.strategy)),
+        StopOnRequest(record),
         EpochSeededRandomness(),
         progress,
         LayerSummaries(session.summaries, config.color_coding, config.log_verbosity, probe),
