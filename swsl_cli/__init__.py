@@ -14,7 +14,7 @@ once: the names below import the layer library when first used
 
 import sys
 
-__version__ = "0.3.1"
+__version__ = "0.4.0"
 PUBLIC_NAMES = (
     "CoordinateChannels",
     "FusedAdam",
