@@ -274,6 +274,9 @@ def test_without_the_extra_one_line_says_what_to_install(tmp_path, hidden, argv,
     assert not (tmp_path / "tb" / "s0").exists()
 
 
+LONG_EPOCHS = 32  # the long trial of the SIGINT sweep: 128 steps of batch 1 each
+
+
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
     """128 training and 32 test images of 12x12: a trial trains in seconds."""
@@ -296,7 +299,11 @@ def metrics(logdir, name):
 @pytest.fixture(scope="module")
 def stopped_and_rerun(tmp_path_factory, tiny_npz):
     """A real local Ray sweep of two trials at once: SIGINT once the quick trial is complete
-    and the long one has saved an epoch since; then the same command again, and a third time."""
+    and the long one has saved an epoch since; then the same command again, and a third time.
+
+    The two trials start side by side; the long one has enough epochs that it is still
+    training when the quick one completes, even when start-up on a loaded machine delays the
+    quick one by many of the long one's epochs."""
     tmp = tmp_path_factory.mktemp("sweep")
     path = write(
         tmp,
@@ -304,7 +311,7 @@ def stopped_and_rerun(tmp_path_factory, tiny_npz):
         fixed: {{data_dir: {tiny_npz}, n_filters: [2, 2], max_test_examples: 32}}
         variants:
           quick: {{n_epochs: 1}}
-          long: {{n_epochs: 8, batch_size: 1}}
+          long: {{n_epochs: {LONG_EPOCHS}, batch_size: 1}}
         """,
     )
     command = [sys.executable, "-m", "swsl_cli", "--sweep", str(path), "--logdir", str(tmp / "tb")]
@@ -361,7 +368,7 @@ def test_two_trials_at_once_then_sigint_stops_the_sweep_cleanly(stopped_and_reru
     assert summary[1].split()[:4] == ["completed", "quick_s0", "test", "accuracy"]
     assert summary[2].split()[:2] == ["interrupted", "long_s0"]
     stopped = stopped_and_rerun["long_after_first"]
-    assert stopped["status"] == "interrupted" and 1 <= len(stopped["epochs"]) < 8
+    assert stopped["status"] == "interrupted" and 1 <= len(stopped["epochs"]) < LONG_EPOCHS
 
 
 def test_the_rerun_skips_the_completed_trial_and_resumes_the_interrupted_one(stopped_and_rerun):
@@ -373,7 +380,7 @@ def test_the_rerun_skips_the_completed_trial_and_resumes_the_interrupted_one(sto
     assert stopped_and_rerun["quick_unchanged"]
     long = metrics(logdir, "long_s0")
     assert long["status"] == "completed" and [e["epoch"] for e in long["epochs"]] == list(
-        range(1, 9)
+        range(1, LONG_EPOCHS + 1)
     )
     assert metrics(logdir, "quick_s0")["status"] == "completed"
     log = (logdir / "sweep-logs" / "long_s0.log").read_text()
