@@ -1,9 +1,14 @@
-"""What every conv-like layer of the library shares: arguments, build checks, output shape, config."""
+"""What every conv-like layer of the library shares: arguments, build checks, output shape, config.
+
+And what the two layers share whose cells mix a few shared kernels (the SWS and
+low-rank layers): the per-cell kernel mix and `local_kernels()`.
+"""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+from keras import ops
 
 from swsl_cli.layers.cells import conv_output_size, positive_pair, standardize_padding
 
@@ -152,3 +157,47 @@ class BaseLocalConv2D(keras.layers.Layer):
             }
         )
         return config
+
+
+class BaseMixedLocalConv2D(BaseLocalConv2D):
+    """Base of the local convolutions whose cells mix S shared kernels, `sum_s w_s(i, j) W_s`.
+
+    A subclass keeps the S kernels in `self.kernel`, filter `f`'s kernel `s`
+    at channel `f * S + s` once the kernel is seen as `(kh, kw, in_channels,
+    filters * S)` (so `(kh, kw, in_channels, filters, S)` is the same layout),
+    sets `output_rows` / `output_cols` in `build`, and returns its mixing
+    weights from `mixing_weights()`: `(H', W', S)` or, when each filter has
+    its own, `(H', W', filters, S)`, in float32.
+    """
+
+    def mixing_weights(self):
+        """The weights of the shared kernels at every output cell, float32."""
+        raise NotImplementedError
+
+    def _mix_shared(self, weights, count: int):
+        """`(H'W', kh * kw * in_channels, filters)`: every cell's kernel for shared weights.
+
+        One matmul `(H'W' x S) @ (S x kh kw C F)`, whose rows are the cells'
+        kernels in place and whose gradient is one matmul too.
+        """
+        cells = self.output_rows * self.output_cols
+        kernels = ops.reshape(self.kernel, (-1, self.filters, count))  # (kh kw C, F, S)
+        bases = ops.reshape(ops.transpose(kernels, (2, 0, 1)), (count, -1))
+        mixed = ops.matmul(ops.reshape(weights, (cells, count)), bases)
+        return ops.reshape(mixed, (cells, -1, self.filters))
+
+    def _cell_kernels(self, weights):
+        """Every cell's kernel, `(H'W', kh * kw * in_channels, filters)`, for `mixing_weights()`."""
+        raise NotImplementedError
+
+    def local_kernels(self) -> np.ndarray:
+        """The kernel seen at every output cell, `sum_s w_s(i, j) W_s`, as numpy.
+
+        Shape `(H', W', kh, kw, in_channels, filters)`: `local_kernels()[i, j]`
+        is a `Conv2D` kernel, laid out as `LocallyConnected2D.kernel`.
+        """
+        weights = ops.cast(self.mixing_weights(), self.kernel.dtype)
+        kernels = ops.convert_to_numpy(self._cell_kernels(weights))
+        return kernels.reshape(
+            self.output_rows, self.output_cols, *self.kernel_size, -1, self.filters
+        )

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from swsl_cli.layers.base import BaseLocalConv2D, with_fan_axes
+from swsl_cli.layers.base import BaseMixedLocalConv2D, with_fan_axes
 from swsl_cli.layers.cells import CellPatches
 
 COMBININGS = ("row_col", "free")
@@ -18,7 +18,7 @@ BASIS_OUTPUT_AXES = (0, 1, 3)
 
 
 @keras.saving.register_keras_serializable(package="swsl_cli")
-class LowRankLocallyConnected2D(BaseLocalConv2D):
+class LowRankLocallyConnected2D(BaseMixedLocalConv2D):
     """2D low-rank locally connected layer: K basis kernels, mixed per output cell.
 
     The layer of Elsayed, Ramachandran, Shlens and Kornblith, "Revisiting
@@ -216,29 +216,16 @@ class LowRankLocallyConnected2D(BaseLocalConv2D):
         mixed = ops.matmul(stacked, ops.reshape(weights, (cells, self.rank, 1)))
         return ops.reshape(mixed, (-1, self.output_rows, self.output_cols, self.filters))
 
+    def mixing_weights(self):
+        return self.combining_weights()
+
     def _cell_kernels(self, weights):
         """`sum_k w_k(i, j) W_k` for every cell: `(H'W', kh * kw * in_channels, filters)`."""
-        cells = self.output_rows * self.output_cols
-        # (kh, kw, C, F, K) -> (K, kh * kw * C * F): one matmul mixes every cell's kernel.
-        bases = ops.reshape(ops.transpose(self.kernel, (4, 0, 1, 2, 3)), (self.rank, -1))
-        mixed = ops.matmul(ops.reshape(weights, (cells, self.rank)), bases)
-        return ops.reshape(mixed, (cells, -1, self.filters))
+        return self._mix_shared(weights, self.rank)
 
     def basis_kernels(self) -> np.ndarray:
         """The K bases as numpy, `(kh, kw, in_channels, filters, rank)`."""
         return ops.convert_to_numpy(self.kernel)
-
-    def local_kernels(self) -> np.ndarray:
-        """The kernel seen at every output cell, `sum_k w_k(i, j) W_k`, as numpy.
-
-        Shape `(H', W', kh, kw, in_channels, filters)`: `local_kernels()[i, j]`
-        is a `Conv2D` kernel, laid out as `LocallyConnected2D.kernel`.
-        """
-        weights = ops.cast(self.combining_weights(), self.kernel.dtype)
-        kernels = ops.convert_to_numpy(self._cell_kernels(weights))
-        return kernels.reshape(
-            self.output_rows, self.output_cols, *self.kernel_size, -1, self.filters
-        )
 
     def get_config(self):
         config = super().get_config()

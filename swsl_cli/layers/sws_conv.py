@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from swsl_cli.layers.base import BaseLocalConv2D
+from swsl_cli.layers.base import BaseMixedLocalConv2D
 from swsl_cli.layers.cells import CellPatches, positive_pair
 
 SIMILARITIES = ("exp", "inv_euclidean")
@@ -59,7 +59,7 @@ def similarity_from_distance(squared: keras.KerasTensor, similarity: str, normal
 
 
 @keras.saving.register_keras_serializable(package="swsl_cli")
-class SoftWeightSharingConv2D(BaseLocalConv2D):
+class SoftWeightSharingConv2D(BaseMixedLocalConv2D):
     """2D convolution with spatial interpolation soft weight sharing (SISWS).
 
     A compromise between a convolution (one kernel shared by every location)
@@ -326,14 +326,10 @@ class SoftWeightSharingConv2D(BaseLocalConv2D):
 
     def _cell_kernels(self, coefficients):
         """`sum_s S_s(i, j) W_s` for every cell: `(H'W', kh * kw * in_channels, filters)`."""
+        if self.groups == 1:
+            return self._mix_shared(coefficients, self.n_centroids)
         cells = self.output_rows * self.output_cols
         kernels = ops.reshape(self.kernel, (-1, self.filters, self.n_centroids))  # (K, F, S)
-        if self.groups == 1:
-            # Shared coefficients: one matmul (H'W' x S) @ (S x K F), whose rows are
-            # the cells' kernels in place, and whose gradient is one matmul too.
-            bases = ops.reshape(ops.transpose(kernels, (2, 0, 1)), (self.n_centroids, -1))
-            mixed = ops.matmul(ops.reshape(coefficients, (cells, self.n_centroids)), bases)
-            return ops.reshape(mixed, (cells, -1, self.filters))
         coefficients = ops.reshape(coefficients, (cells, self.filters, self.n_centroids))
         # Per-filter coefficients: F matmuls (H'W' x S) @ (S x K), several times
         # faster, forward and backward, than broadcasting a (H'W', F, S, K) product.
@@ -347,17 +343,8 @@ class SoftWeightSharingConv2D(BaseLocalConv2D):
         kernel = ops.convert_to_numpy(self.kernel)
         return kernel.reshape(*kernel.shape[:3], self.filters, self.n_centroids)
 
-    def local_kernels(self) -> np.ndarray:
-        """The kernel seen at every output cell, `sum_s S_s(i, j) W_s`, as numpy.
-
-        Shape `(H', W', kh, kw, in_channels, filters)`: `local_kernels()[i, j]`
-        is a `Conv2D` kernel, laid out as `LocallyConnected2D.kernel`.
-        """
-        coefficients = ops.cast(self.similarity_map(), self.kernel.dtype)
-        kernels = ops.convert_to_numpy(self._cell_kernels(coefficients))
-        return kernels.reshape(
-            self.output_rows, self.output_cols, *self.kernel_size, -1, self.filters
-        )
+    def mixing_weights(self):
+        return self.similarity_map()
 
     def get_config(self):
         config = super().get_config()
