@@ -2,10 +2,12 @@
 
     python benchmarks/comparison_table.py LOGDIR [--seeds N]
 
-Reads `swsl-train --compare LOGDIR --format csv` (the groups of seeds) and prints, per variant,
-the test accuracy as mean ± half the 95 % interval (Student's t) with the number of seeds, for
-spatial_mnist and mnist under the dense and the gap head, then the parameter counts and the mean
-images/s. Groups with fewer completed runs than --seeds are marked with their n.
+Reads `swsl-train --compare LOGDIR --format csv` (the groups of seeds) and prints two tables.
+The first gives, per variant, the test accuracy as mean ± half the 95 % interval (Student's t)
+and the seeds' standard deviation, for spatial_mnist and mnist under the dense and the gap
+head, then the parameter counts and the mean images/s. The second gives each variant's
+difference to `conv` in the same cell, in points, with Welch's 95 % interval, in bold where
+the interval leaves out 0. Groups with fewer completed runs than --seeds are marked with their n.
 """
 
 import argparse
@@ -15,7 +17,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+from swsl_cli.runner.statistics import Summary, difference
+
 CELLS = [(d, h) for d in ("spatial_mnist", "mnist") for h in ("dense", "gap")]
+BASELINE = "conv"
+
+
+def summary_of(row) -> Summary | None:
+    """The test accuracy of one group, in points."""
+    if not row or not row["test_accuracy_mean"]:
+        return None
+
+    def points(key):
+        return 100 * float(row[key]) if row[key] else None
+
+    return Summary(
+        int(row["test_accuracy_n"]),
+        points("test_accuracy_mean"),
+        points("test_accuracy_sd"),
+        points("test_accuracy_ci95_low"),
+        points("test_accuracy_ci95_high"),
+    )
 
 
 def main() -> int:
@@ -44,16 +66,15 @@ def main() -> int:
         cells, params, speed = [], {}, {}
         for dataset, head in CELLS:
             row = groups.get(f"{variant}_{dataset}_{head}")
-            if not row or not row["test_accuracy_mean"]:
+            summary = summary_of(row)
+            if summary is None:
                 cells.append("-")
                 continue
-            n = int(row["test_accuracy_n"])
-            mean = 100 * float(row["test_accuracy_mean"])
-            text = f"{mean:.2f}"
-            if row["test_accuracy_ci95_high"]:
-                text += f" ± {100 * (float(row['test_accuracy_ci95_high']) - float(row['test_accuracy_mean'])):.2f}"
-            if n < args.seeds:
-                text += f" (n={n})"
+            text = f"{summary.mean:.2f}"
+            if summary.sd is not None:
+                text += f" ± {summary.half_width:.2f} (sd {summary.sd:.2f})"
+            if summary.n < args.seeds:
+                text += f" (n={summary.n})"
             cells.append(text)
             params[head] = int(row["params"])
             if row["images_per_s_mean"]:
@@ -63,6 +84,25 @@ def main() -> int:
             f"{sum(speed[h]) / len(speed[h]):,.0f}" if h in speed else "-" for h in ("dense", "gap")
         )
         print(f"| {variant} | " + " | ".join(cells) + f" | {p} | {s} |")
+    print()
+    print(f"Difference to {BASELINE}, points, with Welch's 95 % interval:")
+    print()
+    print(f"| variant | {heads} |")
+    print("| --- |" + " ---: |" * len(CELLS))
+    for variant in variants:
+        if variant == BASELINE:
+            continue
+        cells = []
+        for dataset, head in CELLS:
+            ours = summary_of(groups.get(f"{variant}_{dataset}_{head}"))
+            theirs = summary_of(groups.get(f"{BASELINE}_{dataset}_{head}"))
+            d = difference(ours, theirs) if ours and theirs else None
+            if d is None:
+                cells.append("-")
+                continue
+            text = f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+            cells.append(f"**{text}**" if d.low > 0 or d.high < 0 else text)
+        print(f"| {variant} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -1,6 +1,9 @@
 """The comparison benchmark's sweep files: every trial is a valid swsl-train command."""
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,44 @@ def test_the_wide_conv_matches_the_sws_nets_parameter_count(head):
         config, _ = training_command(given_flags(argv_of(flags)))
         counts[variant] = parameter_counts(build_model(config))["total"]
     assert abs(counts["wide-conv"] - counts["sws-s1"]) / counts["sws-s1"] < 0.005
+
+
+def test_comparison_table_gives_mean_interval_sd_and_welch_difference_to_conv(tmp_path):
+    """`benchmarks/comparison_table.py` over fabricated runs of a comparison sweep."""
+    from tests.test_compare import epochs, make_run
+
+    logdir = tmp_path / "tb"
+    accuracies = {"conv": (0.90, 0.91, 0.92), "sws-s3": (0.95, 0.96, 0.97), "local": (0.93,)}
+    for variant, values in accuracies.items():
+        layer = variant.split("-")[0]
+        for seed, value in enumerate(values):
+            make_run(
+                logdir,
+                f"{variant}_mnist_gap_s{seed}",
+                {
+                    "status": "completed",
+                    "epochs": epochs(1000.0 + seed),
+                    "test_accuracy": value,
+                    "parameters": {"total": 12106 if layer == "conv" else 47002},
+                },
+                layer=layer,
+                head="gap",
+                dataset="mnist",
+                seed=seed,
+            )
+    table = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "comparison_table.py"), str(logdir), "--seeds", "3"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SWSL_OFFLINE": "1"},
+    )
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    split = lines.index("Difference to conv, points, with Welch's 95 % interval:")
+    accuracy, differences = lines[:split], lines[split:]
+    # Student's t with 2 degrees of freedom: 4.303 x 1.00 / sqrt(3) = 2.48 points.
+    assert "| conv | - | - | - | 91.00 ± 2.48 (sd 1.00) | - / 12,106 | - / 1,001 |" in accuracy
+    assert "| local | - | - | - | 93.00 (n=1) | - / 47,002 | - / 1,000 |" in accuracy
+    # Equal spreads: Welch's 4 degrees of freedom, t = 2.776, standard error sqrt(2/3).
+    assert "| sws-s3 | - | - | - | **+5.00 [+2.73, +7.27]** |" in differences
+    assert "| local | - | - | - | - |" in differences

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from swsl_cli.runner.statistics import summarize, t_quantile, t_two_sided_probability
+from swsl_cli.runner.statistics import difference, summarize, t_quantile, t_two_sided_probability
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,23 @@ def test_summary_mean_sd_and_interval():
     assert (summary.low, summary.high) == pytest.approx((summary.mean - half, summary.mean + half))
     assert summarize([0.5]) == summarize([0.5]) and summarize([0.5]).sd is None
     assert summarize([]) is None
+
+
+def test_welch_difference_of_two_groups_matches_its_formula():
+    a = summarize([0.90, 0.92, 0.91, 0.95, 0.93])
+    b = summarize([0.78, 0.86, 0.83, 0.81, 0.85])
+    d = difference(a, b)
+    se = math.sqrt(
+        statistics.variance([0.90, 0.92, 0.91, 0.95, 0.93]) / 5
+        + statistics.variance([0.78, 0.86, 0.83, 0.81, 0.85]) / 5
+    )
+    assert d.mean == pytest.approx(a.mean - b.mean) and d.sd == pytest.approx(se)
+    # Welch-Satterthwaite gives 6.5 degrees of freedom here, rounded down to 6: t = 2.447.
+    assert d.high - d.mean == pytest.approx(2.446912 * se, rel=1e-5)
+    assert d.low > 0  # these two groups differ
+
+
+def test_a_difference_needs_a_spread_on_both_sides():
+    assert difference(summarize([0.9]), summarize([0.8, 0.85])) is None
+    same = difference(summarize([0.9, 0.9]), summarize([0.8, 0.8]))
+    assert same.mean == pytest.approx(0.1) and same.low == same.high == same.mean

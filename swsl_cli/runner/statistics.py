@@ -87,3 +87,21 @@ def summarize(values: Sequence[float]) -> Summary | None:
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile(n - 1) * sd / math.sqrt(n)
     return Summary(n, mean, sd, mean - half, mean + half)
+
+
+def difference(a: Summary, b: Summary) -> Summary | None:
+    """`a.mean - b.mean` with Welch's 95 % interval; None unless both have a spread.
+
+    The interval's degrees of freedom are Welch-Satterthwaite's, rounded down
+    (the wider, cautious interval); `sd` is the difference's standard error.
+    """
+    if a.sd is None or b.sd is None:
+        return None
+    va, vb = a.sd**2 / a.n, b.sd**2 / b.n
+    se = math.sqrt(va + vb)
+    mean = a.mean - b.mean
+    if se == 0:
+        return Summary(a.n + b.n, mean, 0.0, mean, mean)
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    half = t_quantile(max(1, math.floor(df + 1e-9))) * se
+    return Summary(a.n + b.n, mean, se, mean - half, mean + half)
