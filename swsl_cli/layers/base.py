@@ -166,8 +166,9 @@ class BaseMixedLocalConv2D(BaseLocalConv2D):
     at channel `f * S + s` once the kernel is seen as `(kh, kw, in_channels,
     filters * S)` (so `(kh, kw, in_channels, filters, S)` is the same layout),
     sets `output_rows` / `output_cols` in `build`, and returns its mixing
-    weights from `mixing_weights()`: `(H', W', S)` or, when each filter has
-    its own, `(H', W', filters, S)`, in float32.
+    weights from `mixing_weights()` in float32: `(H', W', S)` or `(H', W', 1,
+    S)` when the filters share them, `(H', W', filters, S)` when each filter
+    has its own.
     """
 
     def mixing_weights(self):
