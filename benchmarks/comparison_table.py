@@ -13,6 +13,7 @@ the interval leaves out 0. Groups with fewer completed runs than --seeds are mar
 import argparse
 import csv
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,20 +49,28 @@ def main() -> int:
     swsl_train = Path(sys.executable).parent / "swsl-train"
     command = [str(swsl_train), "--compare", str(args.logdir), "--format", "csv"]
     table = subprocess.run(command, capture_output=True, text=True)
+    sys.stderr.write(table.stderr)  # damaged runs, or why there is no table
     if table.returncode:
-        print(table.stderr.strip(), file=sys.stderr)
         return table.returncode
     groups = {row["group"]: row for row in csv.DictReader(io.StringIO(table.stdout))}
     variants = []
     for name in groups:
-        variant = name
         for dataset, head in CELLS:
-            variant = variant.removesuffix(f"_{dataset}_{head}")
-        if variant not in variants:
-            variants.append(variant)
+            variant = name.removesuffix(f"_{dataset}_{head}")
+            if variant != name and variant not in variants:
+                variants.append(variant)
+    if not variants:
+        if groups:  # (without any, swsl-train --compare has said that there are no runs)
+            print(
+                f"comparison_table.py: error: no run in {args.logdir} is named as the comparison"
+                " sweep names its trials (VARIANT_DATASET_HEAD_sSEED)",
+                file=sys.stderr,
+            )
+        return 1
+    out = []
     heads = " | ".join(f"{d} {h}" for d, h in CELLS)
-    print(f"| variant | {heads} | parameters dense / gap | images/s dense / gap |")
-    print("| --- |" + " ---: |" * (len(CELLS) + 2))
+    out.append(f"| variant | {heads} | parameters dense / gap | images/s dense / gap |")
+    out.append("| --- |" + " ---: |" * (len(CELLS) + 2))
     for variant in variants:
         cells, params, speed = [], {}, {}
         for dataset, head in CELLS:
@@ -83,12 +92,12 @@ def main() -> int:
         s = " / ".join(
             f"{sum(speed[h]) / len(speed[h]):,.0f}" if h in speed else "-" for h in ("dense", "gap")
         )
-        print(f"| {variant} | " + " | ".join(cells) + f" | {p} | {s} |")
-    print()
-    print(f"Difference to {BASELINE}, points, with Welch's 95 % interval:")
-    print()
-    print(f"| variant | {heads} |")
-    print("| --- |" + " ---: |" * len(CELLS))
+        out.append(f"| {variant} | " + " | ".join(cells) + f" | {p} | {s} |")
+    out.append("")
+    out.append(f"Difference to {BASELINE}, points, with Welch's 95 % interval:")
+    out.append("")
+    out.append(f"| variant | {heads} |")
+    out.append("| --- |" + " ---: |" * len(CELLS))
     for variant in variants:
         if variant == BASELINE:
             continue
@@ -102,7 +111,12 @@ def main() -> int:
                 continue
             text = f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
             cells.append(f"**{text}**" if d.low > 0 or d.high < 0 else text)
-        print(f"| {variant} | " + " | ".join(cells) + " |")
+        out.append(f"| {variant} | " + " | ".join(cells) + " |")
+    try:
+        sys.stdout.write("\n".join(out) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # a reader that left early (`| head -2`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

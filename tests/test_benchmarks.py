@@ -115,3 +115,21 @@ def test_comparison_table_gives_mean_interval_sd_and_welch_difference_to_conv(tm
     # Equal spreads: Welch's 4 degrees of freedom, t = 2.776, standard error sqrt(2/3).
     assert "| sws-s3 | - | - | - | **+5.00 [+2.73, +7.27]** |" in differences
     assert "| local | - | - | - | - |" in differences
+
+
+def test_comparison_table_of_runs_not_named_as_the_sweep_names_them_is_one_error_line(tmp_path):
+    from tests.test_compare import epochs, make_run
+
+    logdir = tmp_path / "tb"
+    make_run(logdir, "default_s0", {"status": "completed", "epochs": epochs(1000.0)}, seed=0)
+    table = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "comparison_table.py"), str(logdir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SWSL_OFFLINE": "1"},
+    )
+    assert table.returncode == 1 and table.stdout == ""
+    assert table.stderr.splitlines() == [
+        f"comparison_table.py: error: no run in {logdir} is named as the comparison sweep"
+        " names its trials (VARIANT_DATASET_HEAD_sSEED)"
+    ]
