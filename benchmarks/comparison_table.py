@@ -55,10 +55,12 @@ def main() -> int:
     groups = {row["group"]: row for row in csv.DictReader(io.StringIO(table.stdout))}
     variants = []
     for name in groups:
-        for dataset, head in CELLS:
-            variant = name.removesuffix(f"_{dataset}_{head}")
-            if variant != name and variant not in variants:
-                variants.append(variant)
+        # The longest suffix first: `_spatial_mnist_gap` before `_mnist_gap`.
+        for suffix in sorted((f"_{d}_{h}" for d, h in CELLS), key=len, reverse=True):
+            if name.endswith(suffix):
+                if name.removesuffix(suffix) not in variants:
+                    variants.append(name.removesuffix(suffix))
+                break
     if not variants:
         if groups:  # (without any, swsl-train --compare has said that there are no runs)
             print(
@@ -85,7 +87,8 @@ def main() -> int:
             if summary.n < args.seeds:
                 text += f" (n={summary.n})"
             cells.append(text)
-            params[head] = int(row["params"])
+            if row["params"]:
+                params[head] = int(row["params"])
             if row["images_per_s_mean"]:
                 speed.setdefault(head, []).append(float(row["images_per_s_mean"]))
         p = " / ".join(f"{params[h]:,}" if h in params else "-" for h in ("dense", "gap"))
