@@ -115,11 +115,18 @@ def main() -> int:
             text = f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
             cells.append(f"**{text}**" if d.low > 0 or d.high < 0 else text)
         out.append(f"| {variant} | " + " | ".join(cells) + " |")
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        print("comparison_table.py: error: standard output is closed", file=sys.stderr)
+        return 1
     try:
         sys.stdout.write("\n".join(out) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # a reader that left early (`| head -2`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as error:  # a full disk, a closed descriptor
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"comparison_table.py: error: cannot print the table: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

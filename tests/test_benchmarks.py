@@ -145,3 +145,39 @@ def test_comparison_table_of_runs_not_named_as_the_sweep_names_them_is_one_error
         f"comparison_table.py: error: no run in {logdir} is named as the comparison sweep"
         " names its trials (VARIANT_DATASET_HEAD_sSEED)"
     ]
+
+
+def test_comparison_table_to_a_closed_stdout_or_a_full_disk_is_one_error_line(tmp_path):
+    from tests.test_compare import epochs, make_run
+
+    logdir = tmp_path / "tb"
+    make_run(
+        logdir,
+        "conv_mnist_gap_s0",
+        {"status": "completed", "epochs": epochs(1000.0), "test_accuracy": 0.9},
+        layer="conv",
+        head="gap",
+        seed=0,
+    )
+    script = BENCHMARKS / "comparison_table.py"
+    env = {**os.environ, "SWSL_OFFLINE": "1"}
+    closed = subprocess.run(
+        ["bash", "-c", f'exec "$0" {script} {logdir} >&-', sys.executable],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert closed.returncode == 1
+    assert closed.stderr.splitlines() == ["comparison_table.py: error: standard output is closed"]
+    with open("/dev/full", "w") as full:
+        filled = subprocess.run(
+            [sys.executable, str(script), str(logdir)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    assert filled.returncode == 1
+    assert filled.stderr.splitlines() == [
+        "comparison_table.py: error: cannot print the table: [Errno 28] No space left on device"
+    ]
