@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from swsl_cli.runner import compare
 from swsl_cli.runner.statistics import Summary, difference
 
 CELLS = [(d, h) for d in ("spatial_mnist", "mnist") for h in ("dense", "gap")]
@@ -54,9 +55,10 @@ def main() -> int:
         return table.returncode
     groups = {row["group"]: row for row in csv.DictReader(io.StringIO(table.stdout))}
     variants = []
+    # The longest suffix first: `_spatial_mnist_gap` before `_mnist_gap`.
+    suffixes = sorted((f"_{d}_{h}" for d, h in CELLS), key=len, reverse=True)
     for name in groups:
-        # The longest suffix first: `_spatial_mnist_gap` before `_mnist_gap`.
-        for suffix in sorted((f"_{d}_{h}" for d, h in CELLS), key=len, reverse=True):
+        for suffix in suffixes:
             if name.endswith(suffix):
                 if name.removesuffix(suffix) not in variants:
                     variants.append(name.removesuffix(suffix))
@@ -119,10 +121,9 @@ def main() -> int:
         print("comparison_table.py: error: standard output is closed", file=sys.stderr)
         return 1
     try:
-        sys.stdout.write("\n".join(out) + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:  # a reader that left early (`| head -2`)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # --compare's writer: quiet when the reader leaves early (`| head -2`), and
+        # names it cannot encode escaped.
+        compare._write("\n".join(out) + "\n", sys.stdout)
     except OSError as error:  # a full disk, a closed descriptor
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print(f"comparison_table.py: error: cannot print the table: {error}", file=sys.stderr)
