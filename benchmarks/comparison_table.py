@@ -132,4 +132,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # it only reads: nothing to clean up
+        print("comparison_table.py: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
