@@ -101,6 +101,7 @@ LAYER_KINDS = {
     "LocallyConnected2D": None,
     "LRLC conv": "conv",
     "LRLC local": "local",
+    "per-cell matmuls alone": None,
 }
 
 
@@ -112,8 +113,11 @@ def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool
     the default network), `LocallyConnected2D`, or an implementation of
     `LowRankLocallyConnected2D` (rank 4, as `--layer lrlc`); all pad "same".
     The input gradient is taken only where the model needs it (not for the
-    first layer).
+    first layer). `"per-cell matmuls alone"` is the floor of the per-cell
+    layers on TensorFlow's kernels (`per_cell_matmuls`).
     """
+    if kind == "per-cell matmuls alone":
+        return per_cell_matmuls(shape, filters, kernel, input_gradient)[0]
     if kind == "Conv2D":
         layer = keras.layers.Conv2D(filters, kernel, padding="same")
     elif kind == "LocallyConnected2D":
@@ -146,6 +150,42 @@ def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool
 
     step(inputs)
     return lambda: step(inputs)
+
+
+def per_cell_matmuls(shape, filters: int, kernel: int, input_gradient: bool):
+    """`LocallyConnected2D`'s per-cell products alone, forward and backward, as a traced callable.
+
+    The patches are gathered once, outside the step, already laid out
+    `(cells, K, batch)`, and the output stays `(cells, batch, F)`: the step
+    is the forward matmul and its gradients (the kernels', and the patches'
+    where the layer takes an input gradient) as `CellPatches`'s TensorFlow
+    path computes them, with no gather, transpose or patch-gradient sum. It
+    is what a per-cell layer would cost if those cost nothing.
+
+    Returns `(step, gradients, layer, inputs)`: the gradients of
+    `sum(outputs ** 2)` (the patches' where taken, then the kernels' laid
+    out `(cells, K, F)`) are those of the `LocallyConnected2D` layer without
+    bias at `inputs`, which a test checks.
+    """
+    layer = LocallyConnected2D(filters, kernel, padding="same", use_bias=False)
+    layer.build(shape)
+    inputs = tf.random.uniform(shape, seed=0)
+    cells = shape[1] * shape[2]
+    patches = tf.image.extract_patches(
+        inputs, (1, kernel, kernel, 1), (1, 1, 1, 1), (1, 1, 1, 1), "SAME"
+    )  # (batch, rows, cols, K), in (kh, kw, C) order
+    patches = tf.Variable(tf.transpose(tf.reshape(patches, (shape[0], cells, -1)), (1, 2, 0)))
+    kernels = tf.Variable(tf.reshape(layer.kernel, (cells, -1, filters)))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            outputs = tf.linalg.matmul(patches, kernels, adjoint_a=True)  # (cells, batch, F)
+            loss = tf.reduce_sum(tf.square(outputs))
+        return tape.gradient(loss, ([patches] if input_gradient else []) + [kernels])
+
+    gradients = step()
+    return step, gradients, layer, inputs
 
 
 def best_step_ms(steps: dict, rounds: int = 5, repeats: int = 10) -> dict:
@@ -301,6 +341,13 @@ def net_figures(arrays: data.ImageArrays, add) -> None:
     add("fit throughput, SWS 3x3 trainable", trainable, "img/s")
     xla = fit_throughput(Config(), arrays, jit=True)
     add("fit throughput, SWS 2x2, XLA", xla, "img/s", f"{xla / sws:.2f} x without XLA")
+    xla_conv = fit_throughput(Config(layer="conv"), arrays, jit=True)
+    add(
+        "fit throughput, conv baseline, XLA",
+        xla_conv,
+        "img/s",
+        f"{xla_conv / conv:.2f} x without XLA",
+    )
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     bf16 = fit_throughput(Config(), arrays)
     keras.mixed_precision.set_global_policy("float32")
@@ -344,11 +391,29 @@ def layer_step_figures(add) -> None:
             )
 
 
+def machine_name() -> str:
+    """The CPU's model and its bfloat16 instructions (they decide `mixed_bfloat16`'s speed)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = f"{value.strip()} ({platform.machine()})"
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    bf16 = [
+        name
+        for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16"))
+        if flag in flags
+    ]
+    return f"{model}, {os.cpu_count()} cores{''.join(', ' + name for name in bf16)}"
+
+
 def write_table(rows: list, out: Path) -> None:
     """The figures as one markdown table in `out`, printed too."""
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}"
-    )
+    machine = f"{machine_name()}, TF {tf.__version__}"
     table = [
         f"Measured by `make bench` on {machine}.",
         "",

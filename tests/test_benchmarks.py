@@ -181,3 +181,37 @@ def test_comparison_table_to_a_closed_stdout_or_a_full_disk_is_one_error_line(tm
     assert filled.stderr.splitlines() == [
         "comparison_table.py: error: cannot print the table: [Errno 28] No space left on device"
     ]
+
+
+def test_the_per_cell_matmul_floor_computes_the_locally_connected_layers_products():
+    """`make bench`'s floor row times the products of `LocallyConnected2D`, not others."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import numpy as np
+    import tensorflow as tf
+
+    _, (patches_gradient, kernel_gradient), layer, inputs = bench.per_cell_matmuls(
+        (2, 5, 6, 3), 4, 3, input_gradient=True
+    )
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        loss = tf.reduce_sum(tf.square(layer(inputs)))
+    input_gradient, expected = tape.gradient(loss, [inputs, layer.kernel])
+    np.testing.assert_allclose(
+        kernel_gradient.numpy(), expected.numpy().reshape(30, -1, 4), rtol=1e-4, atol=1e-4
+    )
+    # The patches' gradient, (cells, K, batch), summed back onto the pixels each row read.
+    assert patches_gradient.shape == (30, 27, 2)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        patches = tf.image.extract_patches(inputs, (1, 3, 3, 1), (1, 1, 1, 1), (1, 1, 1, 1), "SAME")
+        flat = tf.transpose(tf.reshape(patches, (2, 30, -1)), (1, 2, 0))
+    np.testing.assert_allclose(
+        tape.gradient(flat, inputs, output_gradients=patches_gradient).numpy(),
+        input_gradient.numpy(),
+        rtol=1e-4,
+        atol=1e-4,
+    )
