@@ -105,7 +105,7 @@ LAYER_KINDS = {
 }
 
 
-def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool):
+def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool, jit=False):
     """One forward + backward of a layer as the model trains it, as a traced callable.
 
     `kind` is one of `LAYER_KINDS`: the baseline `Conv2D`, an SWS
@@ -114,10 +114,11 @@ def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool
     `LowRankLocallyConnected2D` (rank 4, as `--layer lrlc`); all pad "same".
     The input gradient is taken only where the model needs it (not for the
     first layer). `"per-cell matmuls alone"` is the floor of the per-cell
-    layers on TensorFlow's kernels (`per_cell_matmuls`).
+    layers on TensorFlow's kernels (`per_cell_matmuls`). `jit` compiles the
+    step with XLA.
     """
     if kind == "per-cell matmuls alone":
-        return per_cell_matmuls(shape, filters, kernel, input_gradient)[0]
+        return per_cell_matmuls(shape, filters, kernel, input_gradient, jit)[0]
     if kind == "Conv2D":
         layer = keras.layers.Conv2D(filters, kernel, padding="same")
     elif kind == "LocallyConnected2D":
@@ -140,7 +141,7 @@ def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool
     layer.build(shape)
     inputs = tf.random.uniform(shape)
 
-    @tf.function
+    @tf.function(jit_compile=jit)
     def step(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -152,7 +153,7 @@ def layer_step(kind: str, shape, filters: int, kernel: int, input_gradient: bool
     return lambda: step(inputs)
 
 
-def per_cell_matmuls(shape, filters: int, kernel: int, input_gradient: bool):
+def per_cell_matmuls(shape, filters: int, kernel: int, input_gradient: bool, jit=False):
     """`LocallyConnected2D`'s per-cell products alone, forward and backward, as a traced callable.
 
     The patches are gathered once, outside the step, already laid out
@@ -177,7 +178,7 @@ def per_cell_matmuls(shape, filters: int, kernel: int, input_gradient: bool):
     patches = tf.Variable(tf.transpose(tf.reshape(patches, (shape[0], cells, -1)), (1, 2, 0)))
     kernels = tf.Variable(tf.reshape(layer.kernel, (cells, -1, filters)))
 
-    @tf.function
+    @tf.function(jit_compile=jit)
     def step():
         with tf.GradientTape() as tape:
             outputs = tf.linalg.matmul(patches, kernels, adjoint_a=True)  # (cells, batch, F)
@@ -291,6 +292,11 @@ def main() -> int:
         action="store_true",
         help="only the layer steps (forward + backward of each layer kind at the net's shapes)",
     )
+    parser.add_argument(
+        "--layer_steps_xla",
+        action="store_true",
+        help="the layer steps compiled with XLA as well as without, taking turns",
+    )
     args = parser.parse_args()
 
     source = data.load_mnist(args.data_dir) if args.data_dir else data.load_bundled_mnist()
@@ -304,7 +310,7 @@ def main() -> int:
     if not args.layer_steps_only:
         net_figures(arrays, add)
         runner_figures(source.limited(args.runner_images, 10000), args.runner_rounds, add)
-    layer_step_figures(add)
+    layer_step_figures(add, args.layer_steps_xla)
     write_table(rows, Path(args.out))
     return 0
 
@@ -372,23 +378,30 @@ def runner_figures(arrays: data.ImageArrays, rounds: int, add) -> None:
     add("time to first training step", first_step, "s", "from run() start, data loaded")
 
 
-def layer_step_figures(add) -> None:
-    """Forward + backward of every layer kind at the net's two layers' shapes."""
+def layer_step_figures(add, xla: bool = False) -> None:
+    """Forward + backward of every layer kind at the net's two layers' shapes.
+
+    With `xla`, every kind is also timed compiled by XLA, in the same turns,
+    and compared with itself without XLA.
+    """
     for name, shape, filters, kernel, input_gradient in (
         ("layer 1", (64, 28, 28, 1), 24, 7, False),
         ("layer 2", (64, 14, 14, 24), 48, 3, True),
     ):
-        times = best_step_ms(
-            {kind: layer_step(kind, shape, filters, kernel, input_gradient) for kind in LAYER_KINDS}
-        )
-        for kind, ms in times.items():
-            ratio = "" if kind == "Conv2D" else f"{ms / times['Conv2D']:.2f} x Conv2D; "
-            add(
-                f"{name} fwd+bwd, {kind}",
-                ms,
-                "ms",
-                ratio + f"input {shape}" + ("" if input_gradient else ", no input gradient"),
-            )
+        steps = {
+            (kind, jit): layer_step(kind, shape, filters, kernel, input_gradient, jit)
+            for kind in LAYER_KINDS
+            for jit in ((False, True) if xla else (False,))
+        }
+        times = best_step_ms(steps)
+        note = f"input {shape}" + ("" if input_gradient else ", no input gradient")
+        for (kind, jit), ms in times.items():
+            if jit:
+                ratio = f"{ms / times[kind, False]:.2f} x the time without XLA; "
+                kind += ", XLA"
+            else:
+                ratio = "" if kind == "Conv2D" else f"{ms / times['Conv2D', False]:.2f} x Conv2D; "
+            add(f"{name} fwd+bwd, {kind}", ms, "ms", ratio + note)
 
 
 def machine_name() -> str:
@@ -414,8 +427,11 @@ def machine_name() -> str:
 def write_table(rows: list, out: Path) -> None:
     """The figures as one markdown table in `out`, printed too."""
     machine = f"{machine_name()}, TF {tf.__version__}"
+    command = (
+        " ".join(["python benchmarks/bench.py", *sys.argv[1:]]) if sys.argv[1:] else "make bench"
+    )
     table = [
-        f"Measured by `make bench` on {machine}.",
+        f"Measured by `{command}` on {machine}.",
         "",
         "| measure | value | unit | note |",
         "| --- | ---: | --- | --- |",
