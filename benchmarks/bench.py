@@ -29,7 +29,7 @@ from swsl_cli.layers import (  # noqa: E402
     LowRankLocallyConnected2D,
     SoftWeightSharingConv2D,
 )
-from swsl_cli.runner import data, train  # noqa: E402
+from swsl_cli.runner import compare, data, train  # noqa: E402
 from swsl_cli.runner.augment import Augmentation  # noqa: E402
 from swsl_cli.runner.config import Config  # noqa: E402
 from swsl_cli.runner.model import build_model  # noqa: E402
@@ -298,20 +298,35 @@ def main() -> int:
         help="the layer steps compiled with XLA as well as without, taking turns",
     )
     args = parser.parse_args()
-
-    source = data.load_mnist(args.data_dir) if args.data_dir else data.load_bundled_mnist()
+    try:
+        # Found out before minutes of measuring: where the table cannot be written, the data.
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(out))
+        out.with_name(out.name + ".partial").open("w").close()  # as write_table will
+        out.with_name(out.name + ".partial").unlink()
+        source = data.load_mnist(args.data_dir) if args.data_dir else data.load_bundled_mnist()
+    except (OSError, data.DataError) as error:
+        detail = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) else error
+        print(f"bench.py: error: {detail}", file=sys.stderr)
+        return 1
     arrays = source.limited(args.images, 1000)
     rows = []
 
     def add(name, value, unit, note=""):
         rows.append((name, value, unit, note))
-        print(f"{name}: {value:.3f} {unit} {note}", flush=True)
+        say(f"{name}: {value:.3f} {unit} {note}")
 
     if not args.layer_steps_only:
         net_figures(arrays, add)
         runner_figures(source.limited(args.runner_images, 10000), args.runner_rounds, add)
     layer_step_figures(add, args.layer_steps_xla)
-    write_table(rows, Path(args.out))
+    try:
+        write_table(rows, Path(args.out))
+    except OSError as error:  # a disk that filled up while measuring
+        print(f"bench.py: error: cannot write {args.out}: {error.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -404,6 +419,13 @@ def layer_step_figures(add, xla: bool = False) -> None:
             add(f"{name} fwd+bwd, {kind}", ms, "ms", ratio + note)
 
 
+def say(text: str) -> None:
+    """Prints a line of progress; a reader that left (`| head -2`) or a closed stdout does not
+    stop the measuring, whose table still goes to `--out`."""
+    if sys.stdout is not None:
+        compare._write(text + "\n", sys.stdout)
+
+
 def machine_name() -> str:
     """The CPU's model and its bfloat16 instructions (they decide `mixed_bfloat16`'s speed)."""
     model, flags = platform.processor() or platform.machine(), set()
@@ -438,9 +460,19 @@ def write_table(rows: list, out: Path) -> None:
     ]
     table += [f"| {n} | {v:.3f} | {u} | {note} |" for n, v, u, note in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    # Written aside and renamed: a full disk leaves the earlier table whole.
+    partial = out.with_name(out.name + ".partial")
+    try:
+        partial.write_text("\n".join(table) + "\n")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    say("\n".join(table))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the table is written only at the end: an earlier one stays
+        print("bench.py: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -215,3 +215,22 @@ def test_the_per_cell_matmul_floor_computes_the_locally_connected_layers_product
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+@pytest.mark.parametrize("problem", ["out_under_a_file", "missing_data"])
+def test_bench_refuses_an_unwritable_table_or_missing_data_in_one_line_before_measuring(
+    tmp_path, problem
+):
+    (tmp_path / "file").write_text("not a folder")
+    argv = ["--out", str(tmp_path / "file" / "bench.md")]
+    if problem == "missing_data":
+        argv = ["--out", str(tmp_path / "bench.md"), "--data_dir", str(tmp_path / "nothing")]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench.py"), *argv, "--layer_steps_only"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bench.py")]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stdout == ""  # refused before any measuring
