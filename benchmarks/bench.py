@@ -304,8 +304,8 @@ def main() -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.is_dir():
             raise IsADirectoryError(21, "Is a directory", str(out))
-        out.with_name(out.name + ".partial").open("w").close()  # as write_table will
-        out.with_name(out.name + ".partial").unlink()
+        partial_table(out).open("w").close()  # as write_table will
+        partial_table(out).unlink()
         source = data.load_mnist(args.data_dir) if args.data_dir else data.load_bundled_mnist()
     except (OSError, data.DataError) as error:
         detail = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) else error
@@ -323,7 +323,7 @@ def main() -> int:
         runner_figures(source.limited(args.runner_images, 10000), args.runner_rounds, add)
     layer_step_figures(add, args.layer_steps_xla)
     try:
-        write_table(rows, Path(args.out))
+        write_table(rows, out)
     except OSError as error:  # a disk that filled up while measuring
         print(f"bench.py: error: cannot write {args.out}: {error.strerror}", file=sys.stderr)
         return 1
@@ -446,6 +446,11 @@ def machine_name() -> str:
     return f"{model}, {os.cpu_count()} cores{''.join(', ' + name for name in bf16)}"
 
 
+def partial_table(out: Path) -> Path:
+    """Where `write_table` writes the table before renaming it to `out`."""
+    return out.with_name(out.name + ".partial")
+
+
 def write_table(rows: list, out: Path) -> None:
     """The figures as one markdown table in `out`, printed too."""
     machine = f"{machine_name()}, TF {tf.__version__}"
@@ -461,7 +466,7 @@ def write_table(rows: list, out: Path) -> None:
     table += [f"| {n} | {v:.3f} | {u} | {note} |" for n, v, u, note in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed: a full disk leaves the earlier table whole.
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_table(out)
     try:
         partial.write_text("\n".join(table) + "\n")
         os.replace(partial, out)
