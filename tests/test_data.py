@@ -46,6 +46,13 @@ class TinyTrainOnly(tfds.core.GeneratorBasedBuilder):
             yield index, {"image": image, "label": index % 3}
 
 
+@pytest.fixture
+def mocked_tfds(monkeypatch):
+    """TFDS's mocked data, reached as if online: `with mocked_tfds(num_examples=12): ...`."""
+    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
+    return tfds.testing.mock_data
+
+
 def load(source, name="mnist", val_split=None):
     return data.load_dataset(name, str(source), val_split)
 
@@ -360,9 +367,8 @@ def test_fingerprint_is_stable_and_tracks_every_change(tmp_path):
         ("cifar100", None, (32, 32, 3), 100),
     ],
 )
-def test_mocked_tfds_sets(monkeypatch, name, val_split, shape, classes):
-    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
-    with tfds.testing.mock_data(num_examples=12):
+def test_mocked_tfds_sets(name, val_split, shape, classes, mocked_tfds):
+    with mocked_tfds(num_examples=12):
         arrays = data.load_dataset(name, None, val_split)
     assert arrays.x_train.shape == (12, *shape) and arrays.x_test.shape == (12, *shape)
     assert arrays.x_train.dtype == np.uint8
@@ -379,10 +385,9 @@ def mocked_celeb_a_split(split):
     return images, np.array([e["attributes"]["Male"] for e in examples])
 
 
-def test_label_key_reads_a_nested_boolean_feature_and_crops_as_lrlcs_celeba(monkeypatch):
-    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
+def test_label_key_reads_a_nested_boolean_feature_and_crops_as_lrlcs_celeba(mocked_tfds):
     crop = data.CropResize(size=32, crop=0.775)
-    with tfds.testing.mock_data(num_examples=12):
+    with mocked_tfds(num_examples=12):
         arrays = data.load_dataset("celeb_a", None, "validation", "attributes/Male", crop)
         images, male = mocked_celeb_a_split("train")
     assert images.shape == (12, 218, 178, 3)
@@ -397,9 +402,8 @@ def test_label_key_reads_a_nested_boolean_feature_and_crops_as_lrlcs_celeba(monk
     )
 
 
-def test_an_unknown_label_key_lists_the_features_there_are(monkeypatch):
-    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
-    with tfds.testing.mock_data(num_examples=4):
+def test_an_unknown_label_key_lists_the_features_there_are(mocked_tfds):
+    with mocked_tfds(num_examples=4):
         with pytest.raises(data.DataError) as error:
             data.load_dataset("celeb_a", None, None, "attributes/male")
     message = str(error.value)
@@ -608,8 +612,7 @@ def test_test_pipeline_keeps_raw_pixels_in_order(small_idx_dir):
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_short_run_on_mocked_cifar10(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
+def test_short_run_on_mocked_cifar10(tmp_path, mocked_tfds):
     config = Config(
         dataset="cifar10",
         logdir=str(tmp_path),
@@ -620,7 +623,7 @@ def test_short_run_on_mocked_cifar10(tmp_path, monkeypatch):
         seed=3,
         quiet=True,
     )
-    with tfds.testing.mock_data(num_examples=32), open(os.devnull, "w") as sink:
+    with mocked_tfds(num_examples=32), open(os.devnull, "w") as sink:
         assert train.run(config, stream=sink) == 0
     metrics = json.loads((tmp_path / "cifar" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["dataset"] == "cifar10"
@@ -630,8 +633,7 @@ def test_short_run_on_mocked_cifar10(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cifar" / "kernel_images").glob("sws1_*.png"))) >= 3
 
 
-def test_short_run_on_mocked_celeb_a_with_its_label_and_crop(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.tfds_sets, "network_available", lambda *a, **k: True)
+def test_short_run_on_mocked_celeb_a_with_its_label_and_crop(tmp_path, mocked_tfds):
     config = Config(
         dataset="celeb_a",
         label_key="attributes/Male",
@@ -647,7 +649,7 @@ def test_short_run_on_mocked_celeb_a_with_its_label_and_crop(tmp_path, monkeypat
         seed=3,
         quiet=True,
     )
-    with tfds.testing.mock_data(num_examples=32), open(os.devnull, "w") as sink:
+    with mocked_tfds(num_examples=32), open(os.devnull, "w") as sink:
         assert train.run(config, stream=sink) == 0
     metrics = json.loads((tmp_path / "faces" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["flags"]["label_key"] == "attributes/Male"

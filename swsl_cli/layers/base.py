@@ -187,6 +187,24 @@ class BaseMixedLocalConv2D(BaseLocalConv2D):
         mixed = ops.matmul(ops.reshape(weights, (cells, count)), bases)
         return ops.reshape(mixed, (cells, -1, self.filters))
 
+    def _mix_convolutions(self, inputs, weights, count: int):
+        """One convolution with `filters * count` outputs, mixed per cell over the shared kernels.
+
+        `weights` is `(H', W', count)` when the filters share them, `(H', W', filters,
+        count)` when every filter has its own.
+        """
+        stacked_kernel = ops.reshape(self.kernel, (*self.kernel.shape[:3], -1))
+        stacked = ops.conv(inputs, stacked_kernel, strides=self.strides, padding=self.padding)
+        cells = self.output_rows * self.output_cols
+        stacked = ops.reshape(stacked, (-1, cells, self.filters, count))
+        if len(weights.shape) == 4 and weights.shape[2] != 1:
+            mixed = ops.sum(stacked * ops.reshape(weights, (cells, self.filters, count)), axis=-1)
+        else:
+            # A matmul per cell, (F, S) @ (S, 1), broadcast over the batch: forward and
+            # backward several times faster than broadcasting a product and summing over S.
+            mixed = ops.matmul(stacked, ops.reshape(weights, (cells, count, 1)))
+        return ops.reshape(mixed, (-1, self.output_rows, self.output_cols, self.filters))
+
     def _cell_kernels(self, weights):
         """Every cell's kernel, `(H'W', kh * kw * in_channels, filters)`, for `mixing_weights()`."""
         raise NotImplementedError

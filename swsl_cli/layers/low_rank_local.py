@@ -192,7 +192,7 @@ class LowRankLocallyConnected2D(BaseMixedLocalConv2D):
         if self.uses_local:
             outputs = self._cell_patches.apply(inputs, self._cell_kernels(weights))
         else:
-            outputs = self._mix_convolutions(inputs, weights)
+            outputs = self._mix_convolutions(inputs, weights, self.rank)
         if self.use_bias:
             outputs = outputs + self.bias
         if self.spatial_bias:
@@ -204,17 +204,6 @@ class LowRankLocallyConnected2D(BaseMixedLocalConv2D):
         if self.combining == "row_col":
             return self.row_bias[:, None] + self.col_bias[None, :]
         return self.cell_bias
-
-    def _mix_convolutions(self, inputs, weights):
-        """One convolution with `filters * rank` outputs, mixed per cell over the bases."""
-        stacked_kernel = ops.reshape(self.kernel, (*self.kernel.shape[:3], -1))
-        stacked = ops.conv(inputs, stacked_kernel, strides=self.strides, padding=self.padding)
-        cells = self.output_rows * self.output_cols
-        stacked = ops.reshape(stacked, (-1, cells, self.filters, self.rank))
-        # A matmul per cell, (F, K) @ (K, 1), broadcast over the batch: forward and
-        # backward several times faster than broadcasting a product and summing over K.
-        mixed = ops.matmul(stacked, ops.reshape(weights, (cells, self.rank, 1)))
-        return ops.reshape(mixed, (-1, self.output_rows, self.output_cols, self.filters))
 
     def mixing_weights(self):
         return self.combining_weights()

@@ -310,19 +310,11 @@ class SoftWeightSharingConv2D(BaseMixedLocalConv2D):
         if self.uses_local:
             outputs = self._cell_patches.apply(inputs, self._cell_kernels(coefficients))
         else:
-            outputs = self._mix_convolutions(inputs, coefficients)
+            outputs = self._mix_convolutions(inputs, coefficients, self.n_centroids)
         if self.use_bias:
             bias = ops.reshape(self.bias, (self.filters, self.n_centroids))
             outputs = outputs + ops.sum(coefficients * bias, axis=-1)
         return self.activation(outputs)
-
-    def _mix_convolutions(self, inputs, coefficients):
-        """One convolution with `filters * S` outputs, mixed per cell over S."""
-        stacked = ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding)
-        stacked = ops.reshape(
-            stacked, (-1, self.output_rows, self.output_cols, self.filters, self.n_centroids)
-        )
-        return ops.sum(stacked * coefficients, axis=-1)
 
     def _cell_kernels(self, coefficients):
         """`sum_s S_s(i, j) W_s` for every cell: `(H'W', kh * kw * in_channels, filters)`."""
