@@ -13,6 +13,9 @@ SEEDS ?=
 DATA_FLAG := $(if $(DATA_DIR),--data_dir $(DATA_DIR),)
 # PyTorch's own index serves CPU-only builds; PyPI's Linux wheels pull in CUDA.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# make test runs TEST_WORKERS tests at a time (pytest-xdist): its slowest tests mostly wait
+# on the processes they start.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-test test lint train tensorboard reproduce bench gpu-check clean
 
@@ -44,13 +47,13 @@ LAYER_TESTS := tests/test_layers.py tests/test_locally_connected.py tests/test_l
 	tests/test_optimizers.py tests/test_visualize.py
 
 test: $(VENV)/.test
-	SWSL_OFFLINE=1 $(BIN)/python -m pytest -q -W ignore::DeprecationWarning
+	SWSL_OFFLINE=1 $(BIN)/python -m pytest -q -W ignore::DeprecationWarning -n $(TEST_WORKERS)
 	SWSL_OFFLINE=1 KERAS_BACKEND=torch $(BIN)/python -m pytest -q -W ignore::DeprecationWarning \
 		$(LAYER_TESTS)
 	# JAX compiles every eager op per shape; unoptimised XLA code compiles ~3x faster
 	# and is plenty for these small tensors.
 	SWSL_OFFLINE=1 KERAS_BACKEND=jax JAX_PLATFORMS=cpu XLA_FLAGS=--xla_backend_optimization_level=0 \
-		$(BIN)/python -m pytest -q -W ignore::DeprecationWarning $(LAYER_TESTS)
+		$(BIN)/python -m pytest -q -W ignore::DeprecationWarning -n $(TEST_WORKERS) $(LAYER_TESTS)
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check swsl_cli tests benchmarks
