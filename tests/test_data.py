@@ -441,6 +441,23 @@ def test_crop_and_resize_of_arrays_from_any_source(tmp_path):
     assert data.CropResize().on(grey) is grey
 
 
+def test_limits_apply_before_the_resize_and_free_the_full_arrays(small_idx_dir, monkeypatch):
+    crop = data.CropResize(size=12)
+    whole = data.load_dataset("mnist", str(small_idx_dir), crop=crop).limited(7, 3)
+    resized = []
+    arrays_of = data.CropResize.arrays
+    monkeypatch.setattr(
+        data.CropResize, "arrays", lambda self, x: resized.append(len(x)) or arrays_of(self, x)
+    )
+    limited = data.load_dataset("mnist", str(small_idx_dir), crop=crop, limits=(7, 3))
+    assert resized == [7, 3]  # of the 40 train and 20 test images, only those kept
+    assert whole.fingerprint() == limited.fingerprint()
+    raw = load(small_idx_dir)
+    short = raw.limited(7, None)
+    assert short.x_train.base is None and short.y_train.base is None  # copies, not views
+    assert short.x_test is raw.x_test  # a split kept whole is not copied
+
+
 def test_offline_without_prepared_tfds_fails_fast_naming_the_fix(tmp_path):
     start = time.monotonic()
     with pytest.raises(data.DataError, match="--data_dir") as error:

@@ -411,6 +411,17 @@ def test_nonfinite_loss_stops_with_exit_1(tmp_path, mnist_dir, capsys):
     assert metrics_of(tmp_path, "nan")["status"] == "nonfinite_loss"
 
 
+def test_a_model_too_large_for_the_free_memory_is_warned_of_before_training(
+    tmp_path, mnist_dir, capsys, monkeypatch
+):
+    monkeypatch.setattr(train.memory, "available_bytes", lambda: 1 << 20)  # 1 MiB free
+    assert train.run(config_for(tmp_path, mnist_dir, run_name="tight")) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("swsl-train: warning: training ")
+    assert "MiB more memory" in err and ", and 1 MiB is free" in err
+    assert metrics_of(tmp_path, "tight")["status"] == "completed"  # a warning, not a refusal
+
+
 def test_data_errors_are_one_line_exit_1_and_create_no_run(tmp_path, capsys):
     config = Config(logdir=str(tmp_path / "tb"), data_dir=str(tmp_path / "missing"), seed=1)
     assert train.main(config) == 1

@@ -127,3 +127,20 @@ def parameter_counts(model: keras.Model) -> dict[str, int]:
     }
     counts["total"] = sum(counts.values())
     return counts
+
+
+def activation_values(model: keras.Model) -> int:
+    """Values per example a training step keeps for its backward pass, at least.
+
+    Every layer's output and, in a per-cell layer, its gathered patches
+    (`kh * kw * in_channels` values for each output cell).
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        total += math.prod(layer.output.shape[1:])
+        patches = getattr(layer, "_cell_patches", None)
+        if patches is not None:
+            total += patches.cells * math.prod(layer.kernel_size) * layer.input.shape[-1]
+    return total

@@ -57,7 +57,7 @@ with native_stderr_hidden():
     from tensorflow.python.framework import config as tf_config
 
 from swsl_cli.layers.optimizers import FusedAdam  # noqa: E402
-from swsl_cli.runner import data, distribute, runs  # noqa: E402
+from swsl_cli.runner import data, distribute, memory, runs  # noqa: E402
 from swsl_cli.runner.augment import Augmentation  # noqa: E402
 from swsl_cli.runner.config import PROG, Config  # noqa: E402
 from swsl_cli.runner.console import Console, epoch_line  # noqa: E402
@@ -67,7 +67,12 @@ from swsl_cli.runner.interrupts import (  # noqa: E402
     handled_by,
     raise_if_interrupted,
 )
-from swsl_cli.runner.model import augments_itself, build_model, parameter_counts  # noqa: E402
+from swsl_cli.runner.model import (  # noqa: E402
+    activation_values,
+    augments_itself,
+    build_model,
+    parameter_counts,
+)
 from swsl_cli.runner.progress import ProgressBar  # noqa: E402
 from swsl_cli.runner.summaries import (  # noqa: E402
     LayerSummaries,
@@ -328,7 +333,8 @@ def prepare(opened: runs.OpenedRun, stack: contextlib.ExitStack, console: Consol
         config.val_split,
         config.label_key,
         data.CropResize(config.image_size, config.center_crop),
-    ).limited(config.max_train_examples, config.max_test_examples)
+        (config.max_train_examples, config.max_test_examples),
+    )
     fingerprint = arrays.fingerprint()
     raise_if_interrupted()  # a signal that a library swallowed while loading
     # multi-worker: every worker has the same settings, data and checkpoint, or none starts
@@ -580,6 +586,15 @@ def phases(session: Session) -> int:
         if session.checkpoint is not None:
             runs.check_restored(session.checkpoint, record.parameters["total"])
         session.console.line(model_line(record.parameters, session.settings.jit_compile))
+        if not tf.config.list_physical_devices("GPU"):
+            warning = memory.shortfall(
+                record.parameters["total"],
+                activation_values(model) * session.config.batch_size,
+                session.config.ema > 0,
+                memory.available_bytes(),
+            )
+            if warning:
+                session.console.error(f"{PROG}: warning: {warning}")
         if session.start_epoch < session.config.n_epochs:
             phase = "while training"
             record.write(status="running")

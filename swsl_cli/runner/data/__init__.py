@@ -21,7 +21,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from swsl_cli.runner.data.arrays import DataError, DownloadError, ImageArrays
+from swsl_cli.runner.data.arrays import DataError, DownloadError, ImageArrays, Limits
 from swsl_cli.runner.data.checks import MAX_CLASSES, checked_arrays
 from swsl_cli.runner.data.crop import NO_CROP, CropResize
 from swsl_cli.runner.data.idx import (
@@ -96,6 +96,7 @@ def load_dataset(
     val_split: str | None = None,
     label_key: str = DEFAULT_LABEL_KEY,
     crop: CropResize = NO_CROP,
+    limits: Limits = (None, None),
 ) -> ImageArrays:
     """The data set `name` (a TFDS name or `spatial_mnist`), from `data_dir` when given.
 
@@ -104,7 +105,9 @@ def load_dataset(
     split to evaluate on each epoch (TFDS: e.g. `validation`; npz: the arrays
     `x_<val_split>` and `y_<val_split>`). `label_key` names the TFDS feature
     that holds the class (`attributes/Male`); other sources refuse any but
-    `label`. `crop` crops and resizes every image.
+    `label`. `crop` crops and resizes every image. `limits` keeps the first
+    `(max_train, max_test)` examples (test and validation); arrays read whole
+    are shortened before `crop`, so it resizes only the images kept.
     """
     check_dataset_name(name)
     if val_split in ("train", "test"):
@@ -114,12 +117,12 @@ def load_dataset(
         )
     if name == SPATIAL_MNIST:
         refuse_label_key(label_key, SPATIAL_MNIST)
-        return crop.on(spatial_mnist(load_dataset("mnist", data_dir, val_split)))
+        return crop.on(spatial_mnist(load_dataset("mnist", data_dir, val_split)).limited(*limits))
     if data_dir is not None:
-        return _load_data_dir(name, data_dir, val_split, label_key, crop)
+        return _load_data_dir(name, data_dir, val_split, label_key, crop, limits)
     if name == "mnist":
-        return load_mnist_default(val_split, label_key, crop)
-    return load_tfds(name, None, val_split, label_key, crop)
+        return load_mnist_default(val_split, label_key, crop, limits)
+    return load_tfds(name, None, val_split, label_key, crop).limited(*limits)
 
 
 def load_mnist(data_dir: str | None) -> ImageArrays:
@@ -143,26 +146,31 @@ def check_data_dir(data_dir: str | None) -> None:
 
 
 def _load_data_dir(
-    name: str, data_dir: str, val_split: str | None, label_key: str, crop: CropResize
+    name: str,
+    data_dir: str,
+    val_split: str | None,
+    label_key: str,
+    crop: CropResize,
+    limits: Limits,
 ) -> ImageArrays:
     check_data_dir(data_dir)
     path = Path(data_dir).expanduser()
     if path.is_file():
         refuse_label_key(label_key, f"the npz {data_dir}")
-        return crop.on(load_npz(path, val_split))
+        return crop.on(load_npz(path, val_split).limited(*limits))
     if any(idx_path(path, stem) for stem in IDX_FILES.values()):
         if val_split:
             raise DataError(
                 f"--val_split {val_split}: the IDX files in {path} hold train and test only"
             )
         refuse_label_key(label_key, f"the IDX files in {path}")
-        return crop.on(load_idx_folder(path, name=name))
+        return crop.on(load_idx_folder(path, name=name).limited(*limits))
     npz = path / f"{name.replace('/', '_')}.npz"
     if npz.is_file():
         refuse_label_key(label_key, f"the npz {npz}")
-        return crop.on(load_npz(npz, val_split, name=name))
+        return crop.on(load_npz(npz, val_split, name=name).limited(*limits))
     if (path / name.split("/")[0]).is_dir():
-        return load_tfds(name, str(path), val_split, label_key, crop)
+        return load_tfds(name, str(path), val_split, label_key, crop).limited(*limits)
     if not any(path.iterdir()):
         raise DataError(
             f"--data_dir {data_dir} is empty: put an npz, the four MNIST IDX files or a TFDS "

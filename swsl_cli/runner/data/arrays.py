@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+# `(max_train, max_test)`: how many examples of the training and of the test and validation
+# splits to keep; None keeps them all.
+Limits = tuple[int | None, int | None]
+
 
 class DataError(Exception):
     """The data could not be loaded; the message says what to do."""
@@ -69,13 +73,21 @@ class ImageArrays:
         return path
 
     def limited(self, max_train: int | None, max_test: int | None) -> ImageArrays:
-        """The first `max_train` training / `max_test` test and validation examples."""
+        """The first `max_train` training / `max_test` test and validation examples.
+
+        A shortened split is a copy, so the full arrays can be freed.
+        """
         return dataclasses.replace(
             self,
-            x_train=self.x_train[:max_train],
-            y_train=self.y_train[:max_train],
-            x_test=self.x_test[:max_test],
-            y_test=self.y_test[:max_test],
-            x_val=None if self.x_val is None else self.x_val[:max_test],
-            y_val=None if self.y_val is None else self.y_val[:max_test],
+            x_train=_first(self.x_train, max_train),
+            y_train=_first(self.y_train, max_train),
+            x_test=_first(self.x_test, max_test),
+            y_test=_first(self.y_test, max_test),
+            x_val=None if self.x_val is None else _first(self.x_val, max_test),
+            y_val=None if self.y_val is None else _first(self.y_val, max_test),
         )
+
+
+def _first(array: np.ndarray, count: int | None) -> np.ndarray:
+    """`array[:count]`, copied when that is shorter than `array`."""
+    return array if count is None or count >= len(array) else array[:count].copy()

@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 
-from swsl_cli.runner.data.arrays import DataError, DownloadError, ImageArrays
+from swsl_cli.runner.data.arrays import DataError, DownloadError, ImageArrays, Limits
 from swsl_cli.runner.data.checks import checked_arrays
 from swsl_cli.runner.data.crop import NO_CROP, CropResize
 from swsl_cli.runner.data.idx import load_bundled_mnist
@@ -269,16 +269,19 @@ def refuse_label_key(label_key: str, source: str) -> None:
 
 
 def load_mnist_default(
-    val_split: str | None, label_key: str = DEFAULT_LABEL_KEY, crop: CropResize = NO_CROP
+    val_split: str | None,
+    label_key: str = DEFAULT_LABEL_KEY,
+    crop: CropResize = NO_CROP,
+    limits: Limits = (None, None),
 ) -> ImageArrays:
-    """MNIST from TFDS when prepared or downloadable, else the bundled copy."""
+    """MNIST from TFDS when prepared or downloadable, else the bundled copy (`load_dataset`)."""
     builder = _tfds_builder("mnist", None)
     if _tfds_prepared(builder) or network_available():
         try:
-            return load_tfds("mnist", None, val_split, label_key, crop)
+            return load_tfds("mnist", None, val_split, label_key, crop).limited(*limits)
         except DownloadError:
             pass  # the network answered but the download failed: the bundled copy will do
     if val_split:
         raise DataError(f"--val_split {val_split}: the bundled MNIST holds train and test only")
     refuse_label_key(label_key, "the bundled MNIST")
-    return crop.on(load_bundled_mnist())
+    return crop.on(load_bundled_mnist().limited(*limits))
