@@ -441,7 +441,7 @@ def test_crop_and_resize_of_arrays_from_any_source(tmp_path):
     assert data.CropResize().on(grey) is grey
 
 
-def test_limits_apply_before_the_resize_and_free_the_full_arrays(small_idx_dir, monkeypatch):
+def test_limits_apply_before_the_resize_and_keep_copies_not_views(small_idx_dir, monkeypatch):
     crop = data.CropResize(size=12)
     whole = data.load_dataset("mnist", str(small_idx_dir), crop=crop).limited(7, 3)
     resized = []
@@ -456,6 +456,8 @@ def test_limits_apply_before_the_resize_and_free_the_full_arrays(small_idx_dir, 
     short = raw.limited(7, None)
     assert short.x_train.base is None and short.y_train.base is None  # copies, not views
     assert short.x_test is raw.x_test  # a split kept whole is not copied
+    empty = data.load_dataset("mnist", str(small_idx_dir), crop=crop, limits=(0, 0))
+    assert empty.x_train.shape == (0, 12, 12, 1) and empty.x_test.shape == (0, 12, 12, 1)
 
 
 def test_offline_without_prepared_tfds_fails_fast_naming_the_fix(tmp_path):

@@ -574,6 +574,31 @@ def run_opened(opened: runs.OpenedRun, stack: contextlib.ExitStack, stream=None)
         return phases(session)
 
 
+HALF = ("float16", "bfloat16")
+
+
+def warn_if_short_of_memory(session: Session, model: keras.Model, parameters: int) -> None:
+    """One warning line when training on the CPU may not fit in the free memory."""
+    if tf.config.list_physical_devices("GPU"):
+        return  # the weights live on the GPUs; TensorFlow reports their memory running out
+    optimizer = getattr(model, "optimizer", None)
+    held = (  # a restored model's Adam moments and weight average are allocated already
+        sum(math.prod(v.shape) for v in optimizer.variables if len(v.shape))
+        if optimizer is not None and optimizer.built
+        else 0
+    )
+    warning = memory.shortfall(
+        parameters,
+        activation_values(model) * session.config.batch_size,
+        session.config.ema > 0,
+        memory.available_bytes(),
+        held=held,
+        activation_bytes=2 if keras.mixed_precision.global_policy().compute_dtype in HALF else 4,
+    )
+    if warning:
+        session.console.error(f"{PROG}: warning: {warning}")
+
+
 def phases(session: Session) -> int:
     """Build or restore, fit, finish; a stop (signal, non-finite loss) ends in its report."""
     record = RunRecord(
@@ -586,16 +611,8 @@ def phases(session: Session) -> int:
         if session.checkpoint is not None:
             runs.check_restored(session.checkpoint, record.parameters["total"])
         session.console.line(model_line(record.parameters, session.settings.jit_compile))
-        if not tf.config.list_physical_devices("GPU"):
-            warning = memory.shortfall(
-                record.parameters["total"],
-                activation_values(model) * session.config.batch_size,
-                session.config.ema > 0,
-                memory.available_bytes(),
-            )
-            if warning:
-                session.console.error(f"{PROG}: warning: {warning}")
         if session.start_epoch < session.config.n_epochs:
+            warn_if_short_of_memory(session, model, record.parameters["total"])
             phase = "while training"
             record.write(status="running")
             if session.fresh:

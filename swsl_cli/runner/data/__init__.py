@@ -107,7 +107,8 @@ def load_dataset(
     that holds the class (`attributes/Male`); other sources refuse any but
     `label`. `crop` crops and resizes every image. `limits` keeps the first
     `(max_train, max_test)` examples (test and validation); arrays read whole
-    are shortened before `crop`, so it resizes only the images kept.
+    are shortened before `crop`, so it resizes only the images kept (a TFDS
+    set is cropped as it is read, then shortened).
     """
     check_dataset_name(name)
     if val_split in ("train", "test"):

@@ -69,8 +69,8 @@ class CropResize:
         """`tensor` on uint8 numpy images `(N, H, W, C)`, chunk by chunk."""
         if not self.active:
             return images
-        chunks = [self.tensor(images[i : i + CHUNK]).numpy() for i in range(0, len(images), CHUNK)]
-        return np.concatenate(chunks)
+        starts = range(0, len(images), CHUNK) or [0]  # an empty split keeps its new shape
+        return np.concatenate([self.tensor(images[i : i + CHUNK]).numpy() for i in starts])
 
     def on(self, arrays: ImageArrays) -> ImageArrays:
         """`arrays` with every split's images cropped and resized, the source saying so."""
