@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 GIB = 1024**3
-# The least a run's peak memory was measured at, as a multiple of `shortfall`'s lower bound.
-MEASURED_PEAK = 1.5
+# The least and the most a run's peak memory was measured at, as multiples of `shortfall`'s
+# lower bound; the warning comes from the least on.
+MEASURED_PEAKS = (1.5, 2.4)
 
 
 def available_bytes() -> int | None:
@@ -77,7 +78,7 @@ def _cgroup_free() -> int | None:
                     return None
                 used = int((folder / usage_file).read_text())
                 stat = dict(
-                    line.split() for line in (folder / "memory.stat").read_text().splitlines()
+                    entry.split() for entry in (folder / "memory.stat").read_text().splitlines()
                 )
                 return int(limit) - used + int(stat.get(cache_key, 0))
             except (OSError, ValueError):
@@ -104,19 +105,20 @@ def shortfall(
     weight average; per value of `activations` (one batch's layer outputs and
     patches, `activation_bytes` each), the value and its gradient; less the
     `held` values of optimizer state a restored model has already allocated.
-    That is a lower bound: the whole
-    process peaked at 1.5-2.4 times it in runs of the local, conv and SWS nets
-    at 100-300 pixels, so the warning comes at 1.5 times it.
+    That is a lower bound: the whole process peaked at 1.5-2.4 times it in
+    runs of the local, conv and SWS nets at 100-300 pixels (`MEASURED_PEAKS`),
+    so the warning comes at 1.5 times it.
     """
     needed = (
         max(0, 4 * (parameters * (4 if ema else 3) - held)) + 2 * activation_bytes * activations
     )
-    if available is None or needed * MEASURED_PEAK <= available:
+    if available is None or needed * MEASURED_PEAKS[0] <= available:
         return None
     kept = "gradients, Adam's moments" + (", the weight average" if ema else "")
+    low, high = MEASURED_PEAKS
     return (
         f"training {parameters:,} parameters needs at least {size(needed)} more memory "
-        f"({kept}, a batch's activations; runs peaked at 1.5-2.4 times that), and "
+        f"({kept}, a batch's activations; runs peaked at {low}-{high} times that), and "
         f"{size(available)} is free: expect swapping or the process to be killed; a smaller "
         "--image_size, --n_filters or --batch_size needs less"
     )

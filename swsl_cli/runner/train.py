@@ -574,9 +574,6 @@ def run_opened(opened: runs.OpenedRun, stack: contextlib.ExitStack, stream=None)
         return phases(session)
 
 
-HALF = ("float16", "bfloat16")
-
-
 def warn_if_short_of_memory(session: Session, model: keras.Model, parameters: int) -> None:
     """One warning line when training on the CPU may not fit in the free memory."""
     if tf.config.list_physical_devices("GPU"):
@@ -593,7 +590,7 @@ def warn_if_short_of_memory(session: Session, model: keras.Model, parameters: in
         session.config.ema > 0,
         memory.available_bytes(),
         held=held,
-        activation_bytes=2 if keras.mixed_precision.global_policy().compute_dtype in HALF else 4,
+        activation_bytes=tf.as_dtype(keras.mixed_precision.global_policy().compute_dtype).size,
     )
     if warning:
         session.console.error(f"{PROG}: warning: {warning}")
