@@ -1,5 +1,6 @@
 """End to end on real MNIST (small subsets): outputs, TensorBoard events, resume, signals, NaN, tf.distribute."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,8 +20,9 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from swsl_cli.layers import cell_ops
 from swsl_cli.layers.optimizers import FusedAdam
-from swsl_cli.runner import data, train
+from swsl_cli.runner import data, runs, train
 from swsl_cli.runner.augment import Augmentation
 from swsl_cli.runner.config import Config
 from swsl_cli.runner.model import build_model
@@ -64,7 +66,7 @@ def test_run_completes_with_metrics(full_run):
     assert status == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed"
-    assert metrics["device"] == "no GPU: training on CPU"
+    assert metrics["device"] == f"no GPU: training on CPU; {cell_ops.status()}"
     assert metrics["flags"]["seed"] == 1 and metrics["flags"]["centroids_trainable"] is True
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     for epoch in metrics["epochs"]:
@@ -899,3 +901,68 @@ def test_every_layer_kind_trains_and_reports_its_parameters(
     assert counts["total"] == model.count_params()
     for png in pngs:
         assert (tmp_path / "tb" / "kind" / "kernel_images" / png).is_file()
+
+
+@pytest.fixture
+def cell_kernels_choice(monkeypatch):
+    """`cell_ops` deciding again under a test's environment; the process's answer restored."""
+    saved = dict(cell_ops._state)
+    cell_ops.reset()
+    yield monkeypatch
+    cell_ops.reset()
+    cell_ops._state.update(saved)
+
+
+def test_a_bad_cell_kernels_choice_is_one_line_before_any_run_folder(
+    tmp_path, mnist_dir, cell_kernels_choice, capsys
+):
+    cell_kernels_choice.setenv(cell_ops.ENVIRONMENT, "fastest")
+    config = config_for(tmp_path, mnist_dir, n_epochs=1, run_name="k")
+    with contextlib.ExitStack() as stack:
+        status = train.main_opened(runs.open_run(config, frozenset(), stack), stack)
+    assert status == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "swsl-train: error: the per-cell kernels: SWSL_CELL_KERNELS='fastest': "
+        "expected one of auto, compiled, tensorflow"
+    ]
+    assert not (tmp_path / "tb" / "k").exists()
+
+
+def test_tensorflows_own_cell_kernels_on_request_train_and_say_so(
+    tmp_path, mnist_dir, cell_kernels_choice
+):
+    cell_kernels_choice.setenv(cell_ops.ENVIRONMENT, "tensorflow")
+    config = config_for(
+        tmp_path,
+        mnist_dir,
+        n_epochs=1,
+        layer="local",
+        run_name="tf",
+        max_train_examples=128,
+        max_test_examples=64,
+    )
+    assert train.run(config) == 0
+    metrics = metrics_of(tmp_path, "tf")
+    assert metrics["status"] == "completed"
+    assert metrics["device"] == (
+        "no GPU: training on CPU; TensorFlow's per-cell kernels (SWSL_CELL_KERNELS=tensorflow)"
+    )
+
+
+def test_the_conv_net_does_not_report_or_compile_cell_kernels(
+    tmp_path, mnist_dir, cell_kernels_choice
+):
+    cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(tmp_path / "cache"))
+    config = config_for(
+        tmp_path,
+        mnist_dir,
+        n_epochs=1,
+        layer="conv",
+        run_name="c",
+        max_train_examples=128,
+        max_test_examples=64,
+    )
+    assert train.run(config) == 0
+    assert metrics_of(tmp_path, "c")["device"] == "no GPU: training on CPU"
+    assert not (tmp_path / "cache").exists()

@@ -14,6 +14,11 @@ cost more than they need to on a CPU:
   `tf.linalg.matmul(..., adjoint_a=True)` reads them in place, and the
   product comes out `(cells, batch, F)`, one axis swap from the layer's output.
 
+Where the compiled per-cell kernels can be built (`swsl_cli.layers.cell_ops`),
+float32 products outside XLA take them instead: they read every patch where it
+lies in the input, so neither the patches nor their gradient are written out.
+Other dtypes (mixed precision) and XLA keep the ops above.
+
 Imported only on TensorFlow (`CellPatches` decides, `cells.fast_path_measured_faster`).
 """
 
@@ -47,6 +52,12 @@ class TensorFlowCellPatches:
         self.output_size = tuple(output_size)
         # The gradient's segments: each pixel's readers (patch rows), sorted by pixel;
         # rows in the padding read no pixel and are left out.
+        # The compiled kernels' table: the pixel under each tap of each cell, -1 in the padding.
+        self.table = (
+            np.where(flat < pixels, flat, -1)
+            .astype("int32")
+            .reshape(int(np.prod(self.output_size)), -1)
+        )
         order = np.argsort(flat, kind="stable")
         inside = flat[order] < pixels
         self.reader_rows = order[inside].astype("int32")
@@ -76,8 +87,38 @@ class TensorFlowCellPatches:
         """`CellPatches.apply`: inputs `(batch, rows, cols, C)`, kernels `(cells, K, F)`."""
         rows, cols, _ = inputs.shape[1:]
         cells, size, filters = kernels.shape
+        if inputs.dtype == tf.float32 and kernels.dtype == tf.float32 and not in_xla_context():
+            from swsl_cli.layers import cell_ops
+
+            compiled = cell_ops.library()
+            if compiled is not None:
+                return self.compiled_apply(compiled, inputs, kernels)
         pixels = tf.reshape(tf.transpose(inputs, (1, 2, 3, 0)), (rows * cols, -1))
         patches = tf.reshape(self.gather(pixels), (cells, size, -1))  # (cells, K, batch)
         outputs = tf.linalg.matmul(patches, kernels, adjoint_a=True)  # (cells, batch, F)
         outputs = tf.transpose(outputs, (1, 0, 2))
         return tf.reshape(outputs, (-1, *self.output_size, filters))
+
+    def compiled_apply(self, compiled, inputs, kernels):
+        """`apply` by the compiled kernels (`cell_matmul.cc`): no patch tensor, forward or back.
+
+        The gradients are two ops, the kernels' and the input's, so a graph
+        that needs only the kernels' (a first layer) runs only that one.
+        """
+        rows, cols, channels = inputs.shape[1:]
+        table = tf.constant(self.table)
+
+        @tf.custom_gradient
+        def product(x, kernels):
+            flat = tf.reshape(x, (-1, rows * cols, channels))
+            outputs = compiled.swsl_cell_matmul(flat, kernels, table)  # (batch, cells, F)
+
+            def grad(upstream):
+                kernels_grad = compiled.swsl_cell_matmul_kernel_grad(flat, kernels, table, upstream)
+                inputs_grad = compiled.swsl_cell_matmul_input_grad(flat, kernels, table, upstream)
+                return tf.reshape(inputs_grad, tf.shape(x)), kernels_grad
+
+            return outputs, grad
+
+        outputs = product(inputs, tf.convert_to_tensor(kernels))
+        return tf.reshape(outputs, (-1, *self.output_size, kernels.shape[2]))

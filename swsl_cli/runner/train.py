@@ -56,6 +56,7 @@ with native_stderr_hidden():
     import tensorflow as tf
     from tensorflow.python.framework import config as tf_config
 
+from swsl_cli.layers import cell_ops  # noqa: E402
 from swsl_cli.layers.optimizers import FusedAdam  # noqa: E402
 from swsl_cli.runner import data, distribute, memory, runs  # noqa: E402
 from swsl_cli.runner.augment import Augmentation  # noqa: E402
@@ -262,6 +263,25 @@ def device_report() -> str:
     return "GPU: " + ", ".join(f"{i}: {name}" for i, name in enumerate(names))
 
 
+def cell_kernels_report(config: Config, console: Console) -> str:
+    """Which kernels the per-cell layers use on the CPU, as `"; compiled per-cell kernels"`.
+
+    Compiles them first where this machine has not yet (`cell_ops`), after a
+    line saying so; empty for the conv layers and on GPUs.
+    """
+    if config.layer not in ("sws", "local", "lrlc") or tf.config.list_physical_devices("GPU"):
+        return ""
+    try:
+        if not cell_ops.is_cached():
+            console.line(
+                "compiling the per-cell layers' kernels for this CPU "
+                f"(once per machine, about {cell_ops.COMPILE_SECONDS} s)"
+            )
+        return f"; {cell_ops.status()}"
+    except cell_ops.BuildError as error:  # SWSL_CELL_KERNELS=compiled, or a bad value
+        raise runs.RunError(f"the per-cell kernels: {error}") from None
+
+
 def configure(config: Config) -> Settings:
     """Seeds, determinism and dtype policy; returns what was chosen."""
     keras.utils.set_random_seed(config.seed)
@@ -326,6 +346,7 @@ def prepare(opened: runs.OpenedRun, stack: contextlib.ExitStack, console: Consol
     with native_stderr_hidden():  # CUDA probing logs "failed call to cuInit" on CPU machines
         settings = configure(config)
         device = device_report()
+    device += cell_kernels_report(config, console)
     strategy = distribute.make_strategy(config.distribute, config.peer_timeout)
     arrays = data.load_dataset(
         config.dataset,

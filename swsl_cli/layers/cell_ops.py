@@ -1,0 +1,268 @@
+"""The per-cell products as compiled TensorFlow CPU kernels (`cell_matmul.cc`), built once per machine.
+
+`CellPatches`'s TensorFlow path multiplies every cell's patches by its kernel
+with these kernels where they can be built: they read each patch where it lies
+in the input instead of gathering the patches into a tensor, transposing them
+and summing their gradient back, which is most of what a per-cell layer paid
+above a convolution on a CPU (docs/benchmarks.md).
+
+TensorFlow's documented way to add an op is a shared library compiled against
+the installed TensorFlow (`tf.sysconfig` gives the flags) and loaded with
+`tf.load_op_library`. It is compiled here on first use, with the machine's C++
+compiler (`$CXX`, else `c++`, `g++` or `clang++`) for the machine's CPU
+(`-march=native`), into a cache folder:
+
+- `$SWSL_CACHE_DIR`, else `$XDG_CACHE_HOME/swsl-cli`, else `~/.cache/swsl-cli`;
+- one library per source, TensorFlow version, compiler and CPU (the name
+  carries a hash of all four), so a home folder shared by different machines
+  gets one per CPU kind;
+- written under a temporary name and renamed when complete, with a lock so two
+  processes starting at once compile it once.
+
+Where it cannot be built (no compiler, a TensorFlow whose headers do not fit)
+or `SWSL_CELL_KERNELS=tensorflow` is set, the layers keep TensorFlow's own
+kernels, which compute the same numbers more slowly; `status()` says which
+kernels are in use and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("cell_matmul.cc")
+ENVIRONMENT = "SWSL_CELL_KERNELS"
+CHOICES = ("auto", "compiled", "tensorflow")
+COMPILERS = ("c++", "g++", "clang++")
+COMPILE_SECONDS = 15  # what a build took on a 2-core x86_64 CPU: 8-12 s
+
+_state: dict = {}
+
+
+class BuildError(RuntimeError):
+    """The kernels could not be compiled or loaded; the message is one line."""
+
+
+def cache_dir() -> Path:
+    """Where the compiled kernels are kept."""
+    if os.environ.get("SWSL_CACHE_DIR"):
+        return Path(os.environ["SWSL_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "swsl-cli"
+
+
+def choice() -> str:
+    """`$SWSL_CELL_KERNELS`: `auto` (the default), `compiled` (fail if it cannot) or `tensorflow`."""
+    value = os.environ.get(ENVIRONMENT, "auto").strip().lower() or "auto"
+    if value not in CHOICES:
+        raise BuildError(f"{ENVIRONMENT}={value!r}: expected one of {', '.join(CHOICES)}")
+    return value
+
+
+def compiler() -> str | None:
+    """The C++ compiler: `$CXX`, else the first of `COMPILERS` on the PATH."""
+    if os.environ.get("CXX"):
+        return os.environ["CXX"]
+    for name in COMPILERS:
+        if shutil.which(name):
+            return name
+    return None
+
+
+def cpu_signature() -> str:
+    """The CPU's model and instruction sets, which `-march=native` compiles for."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    keys = ("model name", "flags", "Features", "CPU part", "CPU implementer")
+    seen = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in keys and key not in seen:
+            seen[key] = value.strip()
+    return platform.machine() + "|" + "|".join(f"{k}={seen[k]}" for k in sorted(seen))
+
+
+def command(cxx: str, output: Path) -> list[str]:
+    """The compile command, with TensorFlow's own compile and link flags."""
+    import tensorflow as tf
+
+    return [
+        cxx,
+        "-shared",
+        "-fPIC",
+        "-O3",
+        "-march=native",
+        "-ffp-contract=fast",  # multiply-adds (the ISO C++ modes turn contraction off)
+        "-w",
+        *tf.sysconfig.get_compile_flags(),
+        str(SOURCE),
+        "-o",
+        str(output),
+        *tf.sysconfig.get_link_flags(),
+    ]
+
+
+def library_path(cxx: str) -> Path:
+    """The cached library's path for this source, TensorFlow, compiler and CPU."""
+    import tensorflow as tf
+
+    try:
+        version = subprocess.run(
+            [cxx, "--version"], capture_output=True, text=True, timeout=60, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise BuildError(f"cannot run the C++ compiler {cxx!r}: {error}") from None
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), tf.__version__, tf.__file__, version, cpu_signature()):
+        digest.update(part if isinstance(part, bytes) else part.encode())
+    return cache_dir() / f"cell_matmul-{digest.hexdigest()[:16]}.so"
+
+
+def build(cxx: str, damaged: os.stat_result | None = None) -> Path:
+    """Compiles the kernels unless the cache has them; returns the library's path.
+
+    `damaged`: the cached file that failed to load, replaced unless another
+    process replaced it first.
+    """
+    target = library_path(cxx)
+    if target.is_file() and damaged is None:
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target.parent / ".lock"):
+            if damaged is not None and same_file(target, damaged):
+                target.unlink()
+            if target.is_file():  # built by another process while we waited
+                return target
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as scratch:
+                partial = Path(scratch) / target.name
+                try:
+                    done = subprocess.run(
+                        command(cxx, partial),
+                        capture_output=True,
+                        text=True,
+                        timeout=600,
+                        check=False,
+                    )
+                except (OSError, subprocess.SubprocessError) as error:
+                    raise BuildError(f"cannot run the C++ compiler {cxx!r}: {error}") from None
+                if done.returncode != 0 or not partial.is_file():
+                    raise BuildError(f"{cxx} failed: {first_error(done.stderr or done.stdout)}")
+                os.replace(partial, target)
+    except OSError as error:
+        raise BuildError(f"cannot write the kernels to {target.parent}: {error}") from None
+    return target
+
+
+def same_file(path: Path, seen: os.stat_result) -> bool:
+    """Whether `path` is still the file `seen` was taken of."""
+    try:
+        now = path.stat()
+    except OSError:
+        return False
+    return (now.st_ino, now.st_dev, now.st_mtime_ns) == (seen.st_ino, seen.st_dev, seen.st_mtime_ns)
+
+
+def first_error(output: str) -> str:
+    """The compiler's first error line, or its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower():
+            return line[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+class _locked:
+    """An exclusive `flock` on `path` (a no-op where `fcntl` does not exist)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.handle = open(self.path, "a")
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()  # closing releases the lock
+
+
+def load():
+    """The loaded op module, built if needed; raises `BuildError`."""
+    import tensorflow as tf
+
+    cxx = compiler()
+    if cxx is None:
+        raise BuildError("no C++ compiler found (install g++, or set CXX)")
+    path = build(cxx)
+    seen = None
+    try:
+        seen = path.stat()
+        return tf.load_op_library(str(path))
+    except (tf.errors.OpError, OSError):
+        pass
+    # A damaged or foreign file under the cached name: built again, once.
+    path = build(cxx, damaged=seen)
+    try:
+        return tf.load_op_library(str(path))
+    except (tf.errors.OpError, OSError) as error:
+        message = (str(error).strip().splitlines() or ["no message"])[0][:300]
+        raise BuildError(f"cannot load {path}: {message}") from None
+
+
+def library():
+    """The compiled kernels' op module, or `None` where TensorFlow's own kernels are used.
+
+    Built and loaded on the first call of the process; later calls return the
+    same answer. With `SWSL_CELL_KERNELS=compiled` a failed build raises
+    `BuildError` instead of falling back.
+    """
+    if "module" not in _state:
+        selected = choice()
+        module, reason = None, f"{ENVIRONMENT}=tensorflow"
+        if selected != "tensorflow":
+            try:
+                module, reason = load(), ""
+            except BuildError as error:
+                if selected == "compiled":
+                    raise
+                reason = str(error)
+        _state.update(module=module, reason=reason)
+    return _state["module"]
+
+
+def is_cached() -> bool:
+    """Whether the kernels are compiled already (or will not be), so `library()` will not compile."""
+    if "module" in _state or choice() == "tensorflow":
+        return True
+    cxx = compiler()
+    if cxx is None:
+        return True
+    try:
+        return library_path(cxx).is_file()
+    except BuildError:
+        return True
+
+
+def status() -> str:
+    """One line: which kernels the per-cell layers use on TensorFlow's CPU, and why."""
+    if library() is not None:
+        return "compiled per-cell kernels"
+    return f"TensorFlow's per-cell kernels ({_state['reason']})"
+
+
+def reset() -> None:
+    """Forgets the loaded answer, so the next `library()` decides again (tests)."""
+    _state.clear()

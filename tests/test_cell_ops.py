@@ -1,0 +1,187 @@
+"""Building and choosing the compiled per-cell kernels (`swsl_cli.layers.cell_ops`)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from swsl_cli.layers import cell_ops
+
+
+@pytest.fixture
+def fresh_choice(monkeypatch):
+    """`cell_ops` deciding again, and the process's own answer restored afterwards."""
+    saved = dict(cell_ops._state)
+    cell_ops.reset()
+    yield monkeypatch
+    cell_ops.reset()
+    cell_ops._state.update(saved)
+
+
+def test_the_kernels_are_compiled_where_the_machine_has_a_compiler():
+    if cell_ops.compiler() is None:
+        assert cell_ops.library() is None
+        assert "no C++ compiler found" in cell_ops.status()
+    else:
+        assert cell_ops.library() is not None
+        assert cell_ops.status() == "compiled per-cell kernels"
+        assert cell_ops.is_cached()
+
+
+def test_tensorflows_kernels_on_request(fresh_choice):
+    fresh_choice.setenv(cell_ops.ENVIRONMENT, "tensorflow")
+    assert cell_ops.library() is None
+    assert cell_ops.status() == "TensorFlow's per-cell kernels (SWSL_CELL_KERNELS=tensorflow)"
+    assert cell_ops.is_cached()  # nothing to compile
+
+
+def test_a_bad_choice_is_one_line(fresh_choice):
+    fresh_choice.setenv(cell_ops.ENVIRONMENT, "fastest")
+    with pytest.raises(cell_ops.BuildError, match=r"^SWSL_CELL_KERNELS='fastest': expected one"):
+        cell_ops.library()
+
+
+def test_a_failing_compiler_falls_back_or_fails_on_request(fresh_choice, tmp_path):
+    fresh_choice.setenv("SWSL_CACHE_DIR", str(tmp_path / "cache"))
+    fresh_choice.setenv("CXX", "false")  # runs, prints nothing, fails
+    assert cell_ops.library() is None
+    assert cell_ops.status() == "TensorFlow's per-cell kernels (false failed: no output)"
+    assert not any((tmp_path / "cache").glob("*.so"))  # nothing half-built left under the name
+    cell_ops.reset()
+    fresh_choice.setenv(cell_ops.ENVIRONMENT, "compiled")
+    with pytest.raises(cell_ops.BuildError, match="^false failed"):
+        cell_ops.library()
+
+
+def test_a_missing_compiler_is_named(fresh_choice, tmp_path):
+    fresh_choice.setenv("SWSL_CACHE_DIR", str(tmp_path))
+    fresh_choice.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert cell_ops.library() is None
+    assert "cannot run the C++ compiler" in cell_ops.status()
+    fresh_choice.delenv("CXX")
+    fresh_choice.setenv("PATH", str(tmp_path))
+    cell_ops.reset()
+    assert cell_ops.library() is None
+    assert cell_ops.status().endswith("(no C++ compiler found (install g++, or set CXX))")
+
+
+def test_an_unwritable_cache_falls_back_in_one_line(fresh_choice, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    fresh_choice.setenv("SWSL_CACHE_DIR", str(blocker / "cache"))
+    assert cell_ops.library() is None or cell_ops.compiler() is None
+    if cell_ops.compiler() is not None:
+        assert cell_ops.status().startswith(
+            "TensorFlow's per-cell kernels (cannot write the kernels"
+        )
+
+
+def test_the_cached_name_changes_with_the_source_tensorflow_compiler_and_cpu(monkeypatch):
+    cxx = cell_ops.compiler() or "c++"
+    if cell_ops.compiler() is None:
+        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+    first = cell_ops.library_path(cxx)
+    assert first.parent == cell_ops.cache_dir() and first.suffix == ".so"
+    assert cell_ops.library_path(cxx) == first
+    monkeypatch.setattr(cell_ops, "cpu_signature", lambda: "another CPU")
+    assert cell_ops.library_path(cxx) != first
+
+
+def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
+    """A damaged file under the cached name, and two processes starting at once: both load
+    the kernels, built by one compile."""
+    if cell_ops.compiler() is None:
+        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+    log = tmp_path / "compiles.log"
+    wrapper = tmp_path / "cxx"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" -shared "*) echo compile >> "{log}";; esac\n'
+        f'exec {cell_ops.compiler()} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = dict(os.environ, SWSL_CACHE_DIR=str(tmp_path / "cache"), CXX=str(wrapper))
+    env.pop(cell_ops.ENVIRONMENT, None)
+    script = textwrap.dedent(
+        """
+        from swsl_cli.layers import cell_ops
+        print(cell_ops.library_path(cell_ops.compiler()))
+        print(cell_ops.status())
+        """
+    )
+    name = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from swsl_cli.layers import cell_ops; "
+            "print(cell_ops.library_path(cell_ops.compiler()))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(name).parent.mkdir(parents=True)
+    Path(name).write_bytes(b"not a shared library")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err
+        assert out.splitlines() == [name, "compiled per-cell kernels"], err
+    assert log.read_text().splitlines() == ["compile"]
+    assert Path(name).read_bytes()[:4] == b"\x7fELF"
+    assert not list(Path(name).parent.glob(".build-*"))
+
+
+def test_swsl_train_says_it_compiles_on_a_new_machine(tmp_path, mnist_dir):
+    """An empty cache: the run says it compiles, then reports the compiled kernels."""
+    if cell_ops.compiler() is None:
+        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+    env = dict(os.environ, SWSL_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop(cell_ops.ENVIRONMENT, None)
+    command = [
+        sys.executable,
+        "-m",
+        "swsl_cli",
+        "--layer",
+        "local",
+        "--n_epochs",
+        "1",
+        "--max_train_examples",
+        "64",
+        "--max_test_examples",
+        "64",
+        "--quiet",
+        "--data_dir",
+        str(mnist_dir),
+        "--logdir",
+        str(tmp_path / "tb"),
+        "--run_name",
+        "r",
+    ]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    compiling = [i for i, line in enumerate(lines) if line.startswith("compiling the per-cell")]
+    device = [i for i, line in enumerate(lines) if line.startswith("device: ")]
+    assert len(compiling) == 1 and len(device) == 1 and compiling[0] < device[0]
+    assert "; compiled per-cell kernels; strategy" in lines[device[0]]
+    assert len(list((tmp_path / "cache").glob("cell_matmul-*.so"))) == 1
+    again = subprocess.run(
+        command[:-1] + ["r2"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr
+    assert "compiling the per-cell" not in again.stdout
+    assert "; compiled per-cell kernels; strategy" in again.stdout
