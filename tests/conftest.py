@@ -52,3 +52,13 @@ def small_idx_dir(tmp_path) -> Path:
         )
         write_idx(folder / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (count,)), 2049)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_cell_kernels():
+    """The per-cell kernels built (or refused) once before any test on TensorFlow, so that
+    no run's output depends on which test happened to compile them first."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        from swsl_cli.layers import cell_ops
+
+        cell_ops.library()
