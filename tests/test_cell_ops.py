@@ -91,8 +91,8 @@ def test_the_cached_name_changes_with_the_source_tensorflow_compiler_and_cpu(mon
 
 
 def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
-    """A damaged file under the cached name, and two processes starting at once: both load
-    the kernels, built by one compile."""
+    """A damaged file under the cached name, a killed build's leftovers, and two processes
+    starting at once: both load the kernels, built by one compile, and nothing is left over."""
     if cell_ops.compiler() is None:
         pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
     log = tmp_path / "compiles.log"
@@ -103,7 +103,8 @@ def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
         f'exec {cell_ops.compiler()} "$@"\n'
     )
     wrapper.chmod(0o755)
-    env = dict(os.environ, SWSL_CACHE_DIR=str(tmp_path / "cache"), CXX=str(wrapper))
+    # A compiler command of several words, as `ccache g++`.
+    env = dict(os.environ, SWSL_CACHE_DIR=str(tmp_path / "cache"), CXX=f"/bin/sh {wrapper}")
     env.pop(cell_ops.ENVIRONMENT, None)
     script = textwrap.dedent(
         """
@@ -126,6 +127,9 @@ def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
     ).stdout.strip()
     Path(name).parent.mkdir(parents=True)
     Path(name).write_bytes(b"not a shared library")
+    stale = Path(name).parent / ".build-killed"  # what a build killed mid-way leaves
+    stale.mkdir()
+    (stale / Path(name).name).write_bytes(b"half")
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", script],

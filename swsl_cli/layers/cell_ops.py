@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -65,9 +66,10 @@ def choice() -> str:
 
 
 def compiler() -> str | None:
-    """The C++ compiler: `$CXX`, else the first of `COMPILERS` on the PATH."""
-    if os.environ.get("CXX"):
-        return os.environ["CXX"]
+    """The C++ compiler command: `$CXX` (it may carry words, as `ccache g++`), else the first
+    of `COMPILERS` on the PATH."""
+    if os.environ.get("CXX", "").strip():
+        return os.environ["CXX"].strip()
     for name in COMPILERS:
         if shutil.which(name):
             return name
@@ -95,7 +97,7 @@ def command(cxx: str, output: Path) -> list[str]:
     import tensorflow as tf
 
     return [
-        cxx,
+        *shlex.split(cxx),
         "-shared",
         "-fPIC",
         "-O3",
@@ -116,9 +118,13 @@ def library_path(cxx: str) -> Path:
 
     try:
         version = subprocess.run(
-            [cxx, "--version"], capture_output=True, text=True, timeout=60, check=False
+            [*shlex.split(cxx), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         ).stdout
-    except (OSError, subprocess.SubprocessError) as error:
+    except (OSError, ValueError, subprocess.SubprocessError) as error:
         raise BuildError(f"cannot run the C++ compiler {cxx!r}: {error}") from None
     digest = hashlib.sha256()
     for part in (SOURCE.read_bytes(), tf.__version__, tf.__file__, version, cpu_signature()):
@@ -142,6 +148,8 @@ def build(cxx: str, damaged: os.stat_result | None = None) -> Path:
                 target.unlink()
             if target.is_file():  # built by another process while we waited
                 return target
+            for stale in target.parent.glob(".build-*"):  # left by a build that was killed
+                shutil.rmtree(stale, ignore_errors=True)
             with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as scratch:
                 partial = Path(scratch) / target.name
                 try:
@@ -152,7 +160,7 @@ def build(cxx: str, damaged: os.stat_result | None = None) -> Path:
                         timeout=600,
                         check=False,
                     )
-                except (OSError, subprocess.SubprocessError) as error:
+                except (OSError, ValueError, subprocess.SubprocessError) as error:
                     raise BuildError(f"cannot run the C++ compiler {cxx!r}: {error}") from None
                 if done.returncode != 0 or not partial.is_file():
                     raise BuildError(f"{cxx} failed: {first_error(done.stderr or done.stdout)}")
