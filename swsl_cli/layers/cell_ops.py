@@ -32,6 +32,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -152,22 +153,44 @@ def build(cxx: str, damaged: os.stat_result | None = None) -> Path:
                 shutil.rmtree(stale, ignore_errors=True)
             with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as scratch:
                 partial = Path(scratch) / target.name
-                try:
-                    done = subprocess.run(
-                        command(cxx, partial),
-                        capture_output=True,
-                        text=True,
-                        timeout=600,
-                        check=False,
-                    )
-                except (OSError, ValueError, subprocess.SubprocessError) as error:
-                    raise BuildError(f"cannot run the C++ compiler {cxx!r}: {error}") from None
-                if done.returncode != 0 or not partial.is_file():
-                    raise BuildError(f"{cxx} failed: {first_error(done.stderr or done.stdout)}")
+                status, output = compile_into(cxx, partial)
+                if status != 0 or not partial.is_file():
+                    raise BuildError(f"{cxx} failed: {first_error(output)}")
                 os.replace(partial, target)
     except OSError as error:
         raise BuildError(f"cannot write the kernels to {target.parent}: {error}") from None
     return target
+
+
+def compile_into(cxx: str, output: Path) -> tuple[int, str]:
+    """Runs the compiler; returns its exit status and what it printed.
+
+    The compiler runs in a process group of its own, killed whole if this
+    process is interrupted (Ctrl-C, SIGTERM) or the compile outlasts 10
+    minutes, so no compiler pass outlives the build.
+    """
+    try:
+        process = subprocess.Popen(
+            command(cxx, output),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    except (OSError, ValueError) as error:
+        raise BuildError(f"cannot run the C++ compiler {cxx!r}: {error}") from None
+    try:
+        printed, _ = process.communicate(timeout=600)
+    except BaseException as error:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (AttributeError, OSError):
+            process.kill()
+        process.wait()
+        if isinstance(error, subprocess.TimeoutExpired):
+            raise BuildError(f"{cxx} did not finish within 10 minutes") from None
+        raise
+    return process.returncode, printed
 
 
 def same_file(path: Path, seen: os.stat_result) -> bool:
@@ -180,10 +203,10 @@ def same_file(path: Path, seen: os.stat_result) -> bool:
 
 
 def first_error(output: str) -> str:
-    """The compiler's first error line, or its last line."""
+    """The compiler's first error line (a linker's "final link failed" too), or its last line."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     for line in lines:
-        if "error" in line.lower():
+        if any(word in line.lower() for word in ("error", "failed", "cannot", "no space")):
             return line[:300]
     return lines[-1][:300] if lines else "no output"
 
