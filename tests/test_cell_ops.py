@@ -79,6 +79,19 @@ def test_an_unwritable_cache_falls_back_in_one_line(fresh_choice, tmp_path):
         )
 
 
+def test_a_cached_library_anyone_may_write_is_not_loaded(fresh_choice, tmp_path):
+    if cell_ops.compiler() is None:
+        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+    built = cell_ops.library_path(cell_ops.compiler())
+    fresh_choice.setenv("SWSL_CACHE_DIR", str(tmp_path))
+    planted = cell_ops.library_path(cell_ops.compiler())
+    planted.write_bytes(built.read_bytes())
+    planted.chmod(0o666)
+    assert cell_ops.library() is None
+    assert "anyone may write it; remove it or set SWSL_CACHE_DIR" in cell_ops.status()
+    assert planted.exists()  # refused, not deleted
+
+
 def test_the_cached_name_changes_with_the_source_tensorflow_compiler_and_cpu(monkeypatch):
     cxx = cell_ops.compiler() or "c++"
     if cell_ops.compiler() is None:

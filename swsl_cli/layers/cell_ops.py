@@ -156,6 +156,7 @@ def build(cxx: str, damaged: os.stat_result | None = None) -> Path:
                 status, output = compile_into(cxx, partial)
                 if status != 0 or not partial.is_file():
                     raise BuildError(f"{cxx} failed: {first_error(output)}")
+                partial.chmod(0o755)  # whatever the umask: writable by its owner alone
                 os.replace(partial, target)
     except OSError as error:
         raise BuildError(f"cannot write the kernels to {target.parent}: {error}") from None
@@ -191,6 +192,16 @@ def compile_into(cxx: str, output: Path) -> tuple[int, str]:
             raise BuildError(f"{cxx} did not finish within 10 minutes") from None
         raise
     return process.returncode, printed
+
+
+def check_owned(path: Path, seen: os.stat_result) -> None:
+    """Refuses to load a library of another user's, or one anyone may write (it runs in-process)."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None and (seen.st_uid != getuid() or seen.st_mode & 0o002):
+        raise BuildError(
+            f"not loading {path}: it belongs to another user or anyone may write it; "
+            "remove it or set SWSL_CACHE_DIR to a folder of your own"
+        )
 
 
 def same_file(path: Path, seen: os.stat_result) -> bool:
@@ -241,6 +252,7 @@ def load():
     seen = None
     try:
         seen = path.stat()
+        check_owned(path, seen)
         return tf.load_op_library(str(path))
     except (tf.errors.OpError, OSError):
         pass
