@@ -62,3 +62,16 @@ def compiled_cell_kernels():
         from swsl_cli.layers import cell_ops
 
         cell_ops.library()
+
+
+@pytest.fixture
+def cell_kernels_choice(monkeypatch):
+    """`cell_ops` deciding again under a test's environment (set through the returned
+    `monkeypatch`); the process's own answer is restored afterwards."""
+    from swsl_cli.layers import cell_ops
+
+    saved = dict(cell_ops._state)
+    cell_ops.reset()
+    yield monkeypatch
+    cell_ops.reset()
+    cell_ops._state.update(saved)

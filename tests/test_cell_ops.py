@@ -11,16 +11,6 @@ import pytest
 from swsl_cli.layers import cell_ops
 
 
-@pytest.fixture
-def fresh_choice(monkeypatch):
-    """`cell_ops` deciding again, and the process's own answer restored afterwards."""
-    saved = dict(cell_ops._state)
-    cell_ops.reset()
-    yield monkeypatch
-    cell_ops.reset()
-    cell_ops._state.update(saved)
-
-
 def test_the_kernels_are_compiled_where_the_machine_has_a_compiler():
     if cell_ops.compiler() is None:
         assert cell_ops.library() is None
@@ -31,47 +21,47 @@ def test_the_kernels_are_compiled_where_the_machine_has_a_compiler():
         assert cell_ops.is_cached()
 
 
-def test_tensorflows_kernels_on_request(fresh_choice):
-    fresh_choice.setenv(cell_ops.ENVIRONMENT, "tensorflow")
+def test_tensorflows_kernels_on_request(cell_kernels_choice):
+    cell_kernels_choice.setenv(cell_ops.ENVIRONMENT, "tensorflow")
     assert cell_ops.library() is None
     assert cell_ops.status() == "TensorFlow's per-cell kernels (SWSL_CELL_KERNELS=tensorflow)"
     assert cell_ops.is_cached()  # nothing to compile
 
 
-def test_a_bad_choice_is_one_line(fresh_choice):
-    fresh_choice.setenv(cell_ops.ENVIRONMENT, "fastest")
+def test_a_bad_choice_is_one_line(cell_kernels_choice):
+    cell_kernels_choice.setenv(cell_ops.ENVIRONMENT, "fastest")
     with pytest.raises(cell_ops.BuildError, match=r"^SWSL_CELL_KERNELS='fastest': expected one"):
         cell_ops.library()
 
 
-def test_a_failing_compiler_falls_back_or_fails_on_request(fresh_choice, tmp_path):
-    fresh_choice.setenv("SWSL_CACHE_DIR", str(tmp_path / "cache"))
-    fresh_choice.setenv("CXX", "false")  # runs, prints nothing, fails
+def test_a_failing_compiler_falls_back_or_fails_on_request(cell_kernels_choice, tmp_path):
+    cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(tmp_path / "cache"))
+    cell_kernels_choice.setenv("CXX", "false")  # runs, prints nothing, fails
     assert cell_ops.library() is None
     assert cell_ops.status() == "TensorFlow's per-cell kernels (false failed: no output)"
     assert not any((tmp_path / "cache").glob("*.so"))  # nothing half-built left under the name
     cell_ops.reset()
-    fresh_choice.setenv(cell_ops.ENVIRONMENT, "compiled")
+    cell_kernels_choice.setenv(cell_ops.ENVIRONMENT, "compiled")
     with pytest.raises(cell_ops.BuildError, match="^false failed"):
         cell_ops.library()
 
 
-def test_a_missing_compiler_is_named(fresh_choice, tmp_path):
-    fresh_choice.setenv("SWSL_CACHE_DIR", str(tmp_path))
-    fresh_choice.setenv("CXX", str(tmp_path / "no-such-compiler"))
+def test_a_missing_compiler_is_named(cell_kernels_choice, tmp_path):
+    cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(tmp_path))
+    cell_kernels_choice.setenv("CXX", str(tmp_path / "no-such-compiler"))
     assert cell_ops.library() is None
     assert "cannot run the C++ compiler" in cell_ops.status()
-    fresh_choice.delenv("CXX")
-    fresh_choice.setenv("PATH", str(tmp_path))
+    cell_kernels_choice.delenv("CXX")
+    cell_kernels_choice.setenv("PATH", str(tmp_path))
     cell_ops.reset()
     assert cell_ops.library() is None
     assert cell_ops.status().endswith("(no C++ compiler found (install g++, or set CXX))")
 
 
-def test_an_unwritable_cache_falls_back_in_one_line(fresh_choice, tmp_path):
+def test_an_unwritable_cache_falls_back_in_one_line(cell_kernels_choice, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    fresh_choice.setenv("SWSL_CACHE_DIR", str(blocker / "cache"))
+    cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(blocker / "cache"))
     assert cell_ops.library() is None or cell_ops.compiler() is None
     if cell_ops.compiler() is not None:
         assert cell_ops.status().startswith(
@@ -79,11 +69,11 @@ def test_an_unwritable_cache_falls_back_in_one_line(fresh_choice, tmp_path):
         )
 
 
-def test_a_cached_library_anyone_may_write_is_not_loaded(fresh_choice, tmp_path):
+def test_a_cached_library_anyone_may_write_is_not_loaded(cell_kernels_choice, tmp_path):
     if cell_ops.compiler() is None:
         pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
     built = cell_ops.library_path(cell_ops.compiler())
-    fresh_choice.setenv("SWSL_CACHE_DIR", str(tmp_path))
+    cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(tmp_path))
     planted = cell_ops.library_path(cell_ops.compiler())
     planted.write_bytes(built.read_bytes())
     planted.chmod(0o666)

@@ -903,16 +903,6 @@ def test_every_layer_kind_trains_and_reports_its_parameters(
         assert (tmp_path / "tb" / "kind" / "kernel_images" / png).is_file()
 
 
-@pytest.fixture
-def cell_kernels_choice(monkeypatch):
-    """`cell_ops` deciding again under a test's environment; the process's answer restored."""
-    saved = dict(cell_ops._state)
-    cell_ops.reset()
-    yield monkeypatch
-    cell_ops.reset()
-    cell_ops._state.update(saved)
-
-
 def test_a_bad_cell_kernels_choice_is_one_line_before_any_run_folder(
     tmp_path, mnist_dir, cell_kernels_choice, capsys
 ):
@@ -929,21 +919,26 @@ def test_a_bad_cell_kernels_choice_is_one_line_before_any_run_folder(
     assert not (tmp_path / "tb" / "k").exists()
 
 
-def test_tensorflows_own_cell_kernels_on_request_train_and_say_so(
-    tmp_path, mnist_dir, cell_kernels_choice
-):
-    cell_kernels_choice.setenv(cell_ops.ENVIRONMENT, "tensorflow")
+def one_tiny_epoch(tmp_path, mnist_dir, layer: str) -> dict:
+    """One epoch of 128 images of `--layer layer`; its metrics.json."""
     config = config_for(
         tmp_path,
         mnist_dir,
         n_epochs=1,
-        layer="local",
-        run_name="tf",
+        layer=layer,
+        run_name=layer,
         max_train_examples=128,
         max_test_examples=64,
     )
     assert train.run(config) == 0
-    metrics = metrics_of(tmp_path, "tf")
+    return metrics_of(tmp_path, layer)
+
+
+def test_tensorflows_own_cell_kernels_on_request_train_and_say_so(
+    tmp_path, mnist_dir, cell_kernels_choice
+):
+    cell_kernels_choice.setenv(cell_ops.ENVIRONMENT, "tensorflow")
+    metrics = one_tiny_epoch(tmp_path, mnist_dir, "local")
     assert metrics["status"] == "completed"
     assert metrics["device"] == (
         "no GPU: training on CPU; TensorFlow's per-cell kernels (SWSL_CELL_KERNELS=tensorflow)"
@@ -954,15 +949,6 @@ def test_the_conv_net_does_not_report_or_compile_cell_kernels(
     tmp_path, mnist_dir, cell_kernels_choice
 ):
     cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(tmp_path / "cache"))
-    config = config_for(
-        tmp_path,
-        mnist_dir,
-        n_epochs=1,
-        layer="conv",
-        run_name="c",
-        max_train_examples=128,
-        max_test_examples=64,
-    )
-    assert train.run(config) == 0
-    assert metrics_of(tmp_path, "c")["device"] == "no GPU: training on CPU"
+    metrics = one_tiny_epoch(tmp_path, mnist_dir, "conv")
+    assert metrics["device"] == "no GPU: training on CPU"
     assert not (tmp_path / "cache").exists()
