@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 os.environ["SWSL_OFFLINE"] = "1"  # no test may reach the network
+os.environ.pop("SWSL_CELL_KERNELS", None)  # the tests choose the per-cell kernels themselves
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -58,15 +58,66 @@ def test_a_missing_compiler_is_named(cell_kernels_choice, tmp_path):
     assert cell_ops.status().endswith("(no C++ compiler found (install g++, or set CXX))")
 
 
+def needs_compiler():
+    if cell_ops.compiler() is None:
+        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+
+
 def test_an_unwritable_cache_falls_back_in_one_line(cell_kernels_choice, tmp_path):
+    needs_compiler()
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(blocker / "cache"))
-    assert cell_ops.library() is None or cell_ops.compiler() is None
-    if cell_ops.compiler() is not None:
-        assert cell_ops.status().startswith(
-            "TensorFlow's per-cell kernels (cannot write the kernels"
-        )
+    assert cell_ops.library() is None
+    assert cell_ops.status().startswith("TensorFlow's per-cell kernels (cannot write the kernels")
+
+
+def test_a_cache_folder_anyone_may_write_is_not_used(cell_kernels_choice, tmp_path):
+    needs_compiler()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(shared))
+    assert cell_ops.library() is None
+    assert f"not using {shared}: it belongs to another user or anyone may write it" in (
+        cell_ops.status()
+    )
+    assert list(shared.iterdir()) == []
+
+
+def test_a_failed_build_is_remembered_not_retried(cell_kernels_choice, tmp_path):
+    log = tmp_path / "runs.log"
+    failing = tmp_path / "cxx"
+    failing.write_text(
+        f'#!/bin/sh\ncase " $* " in *" -shared "*) echo compile >> "{log}";; esac\n'
+        'echo "cell_matmul.cc:1: error: no such header" >&2; exit 1\n'
+    )
+    failing.chmod(0o755)
+    cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(tmp_path / "cache"))
+    cell_kernels_choice.setenv("CXX", str(failing))
+    assert cell_ops.library() is None
+    reason = f"{failing} failed: cell_matmul.cc:1: error: no such header"
+    assert cell_ops.status() == f"TensorFlow's per-cell kernels ({reason})"
+    assert cell_ops.is_cached()  # nothing to compile next time
+    cell_ops.reset()
+    assert cell_ops.library() is None
+    assert cell_ops.status().startswith(f"TensorFlow's per-cell kernels ({reason} (an earlier")
+    assert "to try again)" in cell_ops.status()
+    assert log.read_text().splitlines() == ["compile"]  # one compile for both tries
+
+
+def test_a_library_that_does_not_load_is_not_cached(cell_kernels_choice, tmp_path):
+    not_a_library = tmp_path / "cxx"
+    not_a_library.write_text(
+        '#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; [ $# -eq 0 ] && exit 0; done\n'
+        'echo "not a shared library" > "$2"\n'
+    )
+    not_a_library.chmod(0o755)
+    cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(tmp_path / "cache"))
+    cell_kernels_choice.setenv("CXX", str(not_a_library))
+    assert cell_ops.library() is None
+    assert f"the library {not_a_library} built does not load" in cell_ops.status()
+    assert not list((tmp_path / "cache").glob("*.so"))
 
 
 def test_a_cached_library_anyone_may_write_is_not_loaded(cell_kernels_choice, tmp_path):
@@ -76,25 +127,40 @@ def test_a_cached_library_anyone_may_write_is_not_loaded(cell_kernels_choice, tm
     cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(tmp_path))
     planted = cell_ops.library_path(cell_ops.compiler())
     planted.write_bytes(built.read_bytes())
+    cell_ops.digest_path(planted).write_bytes(cell_ops.digest_path(built).read_bytes())
     planted.chmod(0o666)
     assert cell_ops.library() is None
     assert "anyone may write it; remove it or set SWSL_CACHE_DIR" in cell_ops.status()
     assert planted.exists()  # refused, not deleted
 
 
-def test_the_cached_name_changes_with_the_source_tensorflow_compiler_and_cpu(monkeypatch):
-    cxx = cell_ops.compiler() or "c++"
-    if cell_ops.compiler() is None:
-        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+def test_the_cached_name_changes_with_the_source_tensorflow_compiler_and_cpu(monkeypatch, tmp_path):
+    import tensorflow as tf
+
+    needs_compiler()
+    cxx = cell_ops.compiler()
     first = cell_ops.library_path(cxx)
     assert first.parent == cell_ops.cache_dir() and first.suffix == ".so"
     assert cell_ops.library_path(cxx) == first
-    monkeypatch.setattr(cell_ops, "cpu_signature", lambda: "another CPU")
-    assert cell_ops.library_path(cxx) != first
+    names = {first}
+    with monkeypatch.context() as patched:
+        patched.setattr(cell_ops, "cpu_signature", lambda: "another CPU")
+        names.add(cell_ops.library_path(cxx))
+    with monkeypatch.context() as patched:
+        patched.setattr(tf, "__version__", tf.__version__ + ".post1")
+        names.add(cell_ops.library_path(cxx))
+    with monkeypatch.context() as patched:
+        edited = tmp_path / "cell_matmul.cc"
+        edited.write_bytes(cell_ops.SOURCE.read_bytes() + b"\n")
+        patched.setattr(cell_ops, "SOURCE", edited)
+        names.add(cell_ops.library_path(cxx))
+    (tmp_path / "other").write_text('echo "another compiler 1.0"\n')
+    names.add(cell_ops.library_path(f"/bin/sh {tmp_path / 'other'}"))
+    assert len(names) == 5
 
 
 def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
-    """A damaged file under the cached name, a killed build's leftovers, and two processes
+    """A truncated library under the cached name, a killed build's leftovers, and two processes
     starting at once: both load the kernels, built by one compile, and nothing is left over."""
     if cell_ops.compiler() is None:
         pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
@@ -129,7 +195,12 @@ def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
         check=True,
     ).stdout.strip()
     Path(name).parent.mkdir(parents=True)
-    Path(name).write_bytes(b"not a shared library")
+    # A truncated copy of a good library with the good one's digest beside it, as a crash
+    # after the rename would leave: loading it would crash the process inside dlopen.
+    built = cell_ops.library_path(cell_ops.compiler())
+    good = built.read_bytes()
+    Path(name).write_bytes(good[: len(good) // 2])
+    cell_ops.digest_path(Path(name)).write_bytes(cell_ops.digest_path(built).read_bytes())
     stale = Path(name).parent / ".build-killed"  # what a build killed mid-way leaves
     stale.mkdir()
     (stale / Path(name).name).write_bytes(b"half")
@@ -148,7 +219,7 @@ def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
         assert worker.returncode == 0, err
         assert out.splitlines() == [name, "compiled per-cell kernels"], err
     assert log.read_text().splitlines() == ["compile"]
-    assert Path(name).read_bytes()[:4] == b"\x7fELF"
+    assert len(Path(name).read_bytes()) == len(good)
     assert not list(Path(name).parent.glob(".build-*"))
 
 

@@ -952,3 +952,22 @@ def test_the_conv_net_does_not_report_or_compile_cell_kernels(
     metrics = one_tiny_epoch(tmp_path, mnist_dir, "conv")
     assert metrics["device"] == "no GPU: training on CPU"
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "precision, jit, deterministic, expected",
+    [
+        ("mixed_bfloat16", False, False, "; TensorFlow's per-cell kernels (mixed_bfloat16)"),
+        ("float32", True, False, "; TensorFlow's per-cell kernels (XLA)"),
+        ("float32", True, True, None),  # Keras keeps XLA off with op determinism
+        ("float32", False, False, None),
+    ],
+)
+def test_the_device_line_names_the_kernels_the_layers_will_use(
+    tmp_path, precision, jit, deterministic, expected
+):
+    settings = train.Settings(precision, jit, deterministic)
+    console = train.Console(None)
+    report = train.cell_kernels_report(Config(layer="lrlc"), settings, console)
+    assert report == (expected or f"; {cell_ops.status()}")
+    assert train.cell_kernels_report(Config(layer="conv"), settings, console) == ""

@@ -16,8 +16,11 @@ compiler (`$CXX`, else `c++`, `g++` or `clang++`) for the machine's CPU
 - one library per source, TensorFlow version, compiler and CPU (the name
   carries a hash of all four), so a home folder shared by different machines
   gets one per CPU kind;
-- written under a temporary name and renamed when complete, with a lock so two
-  processes starting at once compile it once.
+- compiled in a scratch folder, loaded from there, then renamed into place with
+  its SHA-256 beside it, under a lock: two processes starting at once compile it
+  once, a damaged or truncated file is compiled again instead of loaded, and a
+  compiler that fails leaves a note so later processes do not try again (delete
+  the `.failed` file to retry).
 
 Where it cannot be built (no compiler, a TensorFlow whose headers do not fit)
 or `SWSL_CELL_KERNELS=tensorflow` is set, the layers keep TensorFlow's own
@@ -133,34 +136,107 @@ def library_path(cxx: str) -> Path:
     return cache_dir() / f"cell_matmul-{digest.hexdigest()[:16]}.so"
 
 
-def build(cxx: str, damaged: os.stat_result | None = None) -> Path:
-    """Compiles the kernels unless the cache has them; returns the library's path.
+def digest_path(target: Path) -> Path:
+    """The file holding the SHA-256 of the library `target`, written with it."""
+    return target.with_suffix(".sha256")
 
-    `damaged`: the cached file that failed to load, replaced unless another
-    process replaced it first.
+
+def failure_path(target: Path) -> Path:
+    """The file that remembers a failed build of `target`, so later processes do not retry it."""
+    return target.with_suffix(".failed")
+
+
+def load_cached(tf, target: Path):
+    """The cached library, loaded; `None` when it is missing, damaged or does not load.
+
+    A library is loaded only if its bytes have the SHA-256 written beside it
+    when it was built: a truncated file (a crash after the rename, a copy
+    that ran out of disk) would otherwise bring the process down inside
+    `dlopen`.
     """
-    target = library_path(cxx)
-    if target.is_file() and damaged is None:
-        return target
+    failed = failure_path(target)
+    if failed.is_file():
+        reason = failed.read_text(errors="replace").strip() or "an earlier build failed"
+        raise BuildError(f"{reason} (an earlier build; delete {failed} to try again)")
+    try:
+        content = target.read_bytes()
+        expected = digest_path(target).read_text().strip()
+        seen = target.stat()
+    except OSError:
+        return None
+    if hashlib.sha256(content).hexdigest() != expected:
+        return None
+    check_owned(target, seen)
+    try:
+        return tf.load_op_library(str(target))
+    except (tf.errors.OpError, OSError):
+        return None
+
+
+def build(tf, cxx: str, target: Path):
+    """Compiles the kernels into the cache, unless another process did; returns them loaded.
+
+    The library is compiled in a scratch folder and loaded from there first:
+    only a library that loads is renamed into place, with its SHA-256 beside
+    it, both synced to disk. A compiler that fails, or builds a library that
+    does not load, leaves a note under the cached name instead, so later
+    processes fall back at once instead of compiling again.
+    """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        check_owned(target.parent, target.parent.stat())
         with _locked(target.parent / ".lock"):
-            if damaged is not None and same_file(target, damaged):
-                target.unlink()
-            if target.is_file():  # built by another process while we waited
-                return target
+            module = load_cached(tf, target)  # built by another process while we waited
+            if module is not None:
+                return module
             for stale in target.parent.glob(".build-*"):  # left by a build that was killed
                 shutil.rmtree(stale, ignore_errors=True)
             with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as scratch:
                 partial = Path(scratch) / target.name
                 status, output = compile_into(cxx, partial)
                 if status != 0 or not partial.is_file():
-                    raise BuildError(f"{cxx} failed: {first_error(output)}")
+                    remember_failure(target, f"{cxx} failed: {first_error(output)}", output)
+                try:
+                    module = tf.load_op_library(str(partial))
+                except (tf.errors.OpError, OSError) as error:
+                    message = (str(error).strip().splitlines() or ["no message"])[0][:300]
+                    remember_failure(target, f"the library {cxx} built does not load: {message}")
                 partial.chmod(0o755)  # whatever the umask: writable by its owner alone
+                digest = Path(scratch) / digest_path(target).name
+                digest.write_text(hashlib.sha256(partial.read_bytes()).hexdigest() + "\n")
+                for path in (partial, digest):
+                    synced(path)
+                os.replace(digest, digest_path(target))
                 os.replace(partial, target)
+                synced(target.parent)
+            return module
     except OSError as error:
         raise BuildError(f"cannot write the kernels to {target.parent}: {error}") from None
-    return target
+
+
+def remember_failure(target: Path, message: str, output: str = "") -> None:
+    """Raises `BuildError(message)`, first noting it under the cached name (not for a full
+    disk or a killed compiler, which may go away)."""
+    if "no space left" not in (message + output).lower():
+        try:
+            failure_path(target).write_text(message + "\n")
+        except OSError:
+            pass
+    raise BuildError(message)
+
+
+def synced(path: Path) -> None:
+    """`fsync` of a file or folder (a folder's where the system allows it)."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def compile_into(cxx: str, output: Path) -> tuple[int, str]:
@@ -195,22 +271,14 @@ def compile_into(cxx: str, output: Path) -> tuple[int, str]:
 
 
 def check_owned(path: Path, seen: os.stat_result) -> None:
-    """Refuses to load a library of another user's, or one anyone may write (it runs in-process)."""
+    """Refuses a library, or a cache folder, of another user's or that anyone may write: the
+    library runs inside the process."""
     getuid = getattr(os, "getuid", None)
     if getuid is not None and (seen.st_uid != getuid() or seen.st_mode & 0o002):
         raise BuildError(
-            f"not loading {path}: it belongs to another user or anyone may write it; "
+            f"not using {path}: it belongs to another user or anyone may write it; "
             "remove it or set SWSL_CACHE_DIR to a folder of your own"
         )
-
-
-def same_file(path: Path, seen: os.stat_result) -> bool:
-    """Whether `path` is still the file `seen` was taken of."""
-    try:
-        now = path.stat()
-    except OSError:
-        return False
-    return (now.st_ino, now.st_dev, now.st_mtime_ns) == (seen.st_ino, seen.st_dev, seen.st_mtime_ns)
 
 
 def first_error(output: str) -> str:
@@ -248,21 +316,45 @@ def load():
     cxx = compiler()
     if cxx is None:
         raise BuildError("no C++ compiler found (install g++, or set CXX)")
-    path = build(cxx)
-    seen = None
+    target = library_path(cxx)
+    if target.parent.is_dir():
+        check_owned(target.parent, target.parent.stat())
+    module = load_cached(tf, target) or build(tf, cxx, target)
+    register_second_order_gradients(tf, module)
+    return module
+
+
+def register_second_order_gradients(tf, module) -> None:
+    """Gradients of the two gradient kernels, so the layers differentiate twice as the
+    `keras.ops` reference does. Both are bilinear in their inputs and upstream gradient,
+    and their gradients are the three kernels again."""
+    if _state.get("gradients registered"):
+        return
     try:
-        seen = path.stat()
-        check_owned(path, seen)
-        return tf.load_op_library(str(path))
-    except (tf.errors.OpError, OSError):
+
+        @tf.RegisterGradient("SwslCellMatmulKernelGrad")
+        def _kernel_grad_grad(op, grad):
+            inputs, kernels, table, upstream = op.inputs
+            return [
+                module.swsl_cell_matmul_input_grad(inputs, grad, table, upstream),
+                None,
+                None,
+                module.swsl_cell_matmul(inputs, grad, table),
+            ]
+
+        @tf.RegisterGradient("SwslCellMatmulInputGrad")
+        def _input_grad_grad(op, grad):
+            inputs, kernels, table, upstream = op.inputs
+            return [
+                None,
+                module.swsl_cell_matmul_kernel_grad(grad, kernels, table, upstream),
+                None,
+                module.swsl_cell_matmul(grad, kernels, table),
+            ]
+
+    except KeyError:  # registered earlier in this process
         pass
-    # A damaged or foreign file under the cached name: built again, once.
-    path = build(cxx, damaged=seen)
-    try:
-        return tf.load_op_library(str(path))
-    except (tf.errors.OpError, OSError) as error:
-        message = (str(error).strip().splitlines() or ["no message"])[0][:300]
-        raise BuildError(f"cannot load {path}: {message}") from None
+    _state["gradients registered"] = True
 
 
 def library():
@@ -294,9 +386,10 @@ def is_cached() -> bool:
     if cxx is None:
         return True
     try:
-        return library_path(cxx).is_file()
+        target = library_path(cxx)
     except BuildError:
         return True
+    return failure_path(target).is_file() or (target.is_file() and digest_path(target).is_file())
 
 
 def status() -> str:
@@ -308,4 +401,7 @@ def status() -> str:
 
 def reset() -> None:
     """Forgets the loaded answer, so the next `library()` decides again (tests)."""
+    registered = _state.get("gradients registered")
     _state.clear()
+    if registered:
+        _state["gradients registered"] = True

@@ -263,14 +263,18 @@ def device_report() -> str:
     return "GPU: " + ", ".join(f"{i}: {name}" for i, name in enumerate(names))
 
 
-def cell_kernels_report(config: Config, console: Console) -> str:
+def cell_kernels_report(config: Config, settings: Settings, console: Console) -> str:
     """Which kernels the per-cell layers use on the CPU, as `"; compiled per-cell kernels"`.
 
     Compiles them first where this machine has not yet (`cell_ops`), after a
-    line saying so; empty for the conv layers and on GPUs.
+    line saying so. Under mixed precision or XLA the layers take TensorFlow's
+    ops, and nothing is compiled; empty for the conv layers and on GPUs.
     """
     if config.layer not in ("sws", "local", "lrlc") or tf.config.list_physical_devices("GPU"):
         return ""
+    xla = settings.jit_compile and not settings.deterministic  # Keras keeps XLA off with --seed
+    if settings.precision != "float32" or xla:
+        return f"; TensorFlow's per-cell kernels ({'XLA' if xla else settings.precision})"
     try:
         if not cell_ops.is_cached():
             console.line(
@@ -346,7 +350,7 @@ def prepare(opened: runs.OpenedRun, stack: contextlib.ExitStack, console: Consol
     with native_stderr_hidden():  # CUDA probing logs "failed call to cuInit" on CPU machines
         settings = configure(config)
         device = device_report()
-    device += cell_kernels_report(config, console)
+    device += cell_kernels_report(config, settings, console)
     strategy = distribute.make_strategy(config.distribute, config.peer_timeout)
     arrays = data.load_dataset(
         config.dataset,
