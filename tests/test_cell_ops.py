@@ -201,6 +201,10 @@ def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
     good = built.read_bytes()
     Path(name).write_bytes(good[: len(good) // 2])
     cell_ops.digest_path(Path(name)).write_bytes(cell_ops.digest_path(built).read_bytes())
+    is_cached = "from swsl_cli.layers import cell_ops; print(cell_ops.is_cached())"
+    assert subprocess.run(
+        [sys.executable, "-c", is_cached], env=env, capture_output=True, text=True, check=True
+    ).stdout.split() == ["False"]  # so swsl-train says it compiles
     stale = Path(name).parent / ".build-killed"  # what a build killed mid-way leaves
     stale.mkdir()
     (stale / Path(name).name).write_bytes(b"half")

@@ -379,7 +379,8 @@ def library():
 
 
 def is_cached() -> bool:
-    """Whether the kernels are compiled already (or will not be), so `library()` will not compile."""
+    """Whether the kernels are compiled already, intact (or will not be), so `library()` will
+    not compile."""
     if "module" in _state or choice() == "tensorflow":
         return True
     cxx = compiler()
@@ -389,7 +390,13 @@ def is_cached() -> bool:
         target = library_path(cxx)
     except BuildError:
         return True
-    return failure_path(target).is_file() or (target.is_file() and digest_path(target).is_file())
+    if failure_path(target).is_file():
+        return True
+    try:
+        content, expected = target.read_bytes(), digest_path(target).read_text().strip()
+    except OSError:
+        return False
+    return hashlib.sha256(content).hexdigest() == expected
 
 
 def status() -> str:
