@@ -11,6 +11,11 @@ import pytest
 from swsl_cli.layers import cell_ops
 
 
+def needs_compiler():
+    if cell_ops.compiler() is None:
+        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+
+
 def test_the_kernels_are_compiled_where_the_machine_has_a_compiler():
     if cell_ops.compiler() is None:
         assert cell_ops.library() is None
@@ -56,11 +61,6 @@ def test_a_missing_compiler_is_named(cell_kernels_choice, tmp_path):
     cell_ops.reset()
     assert cell_ops.library() is None
     assert cell_ops.status().endswith("(no C++ compiler found (install g++, or set CXX))")
-
-
-def needs_compiler():
-    if cell_ops.compiler() is None:
-        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
 
 
 def test_an_unwritable_cache_falls_back_in_one_line(cell_kernels_choice, tmp_path):
@@ -121,8 +121,7 @@ def test_a_library_that_does_not_load_is_not_cached(cell_kernels_choice, tmp_pat
 
 
 def test_a_cached_library_anyone_may_write_is_not_loaded(cell_kernels_choice, tmp_path):
-    if cell_ops.compiler() is None:
-        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+    needs_compiler()
     built = cell_ops.library_path(cell_ops.compiler())
     cell_kernels_choice.setenv("SWSL_CACHE_DIR", str(tmp_path))
     planted = cell_ops.library_path(cell_ops.compiler())
@@ -162,8 +161,7 @@ def test_the_cached_name_changes_with_the_source_tensorflow_compiler_and_cpu(mon
 def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
     """A truncated library under the cached name, a killed build's leftovers, and two processes
     starting at once: both load the kernels, built by one compile, and nothing is left over."""
-    if cell_ops.compiler() is None:
-        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+    needs_compiler()
     log = tmp_path / "compiles.log"
     wrapper = tmp_path / "cxx"
     wrapper.write_text(
@@ -229,8 +227,7 @@ def test_two_processes_compile_once_and_replace_a_damaged_library(tmp_path):
 
 def test_swsl_train_says_it_compiles_on_a_new_machine(tmp_path, mnist_dir):
     """An empty cache: the run says it compiles, then reports the compiled kernels."""
-    if cell_ops.compiler() is None:
-        pytest.fail("a C++ compiler is needed to test the kernels (install g++, or set CXX)")
+    needs_compiler()
     env = dict(os.environ, SWSL_CACHE_DIR=str(tmp_path / "cache"))
     env.pop(cell_ops.ENVIRONMENT, None)
     command = [

@@ -158,19 +158,25 @@ def load_cached(tf, target: Path):
     if failed.is_file():
         reason = failed.read_text(errors="replace").strip() or "an earlier build failed"
         raise BuildError(f"{reason} (an earlier build; delete {failed} to try again)")
-    try:
-        content = target.read_bytes()
-        expected = digest_path(target).read_text().strip()
-        seen = target.stat()
-    except OSError:
-        return None
-    if hashlib.sha256(content).hexdigest() != expected:
+    seen = intact(target)
+    if seen is None:
         return None
     check_owned(target, seen)
     try:
         return tf.load_op_library(str(target))
     except (tf.errors.OpError, OSError):
         return None
+
+
+def intact(target: Path) -> os.stat_result | None:
+    """`target`'s status if it exists with the SHA-256 written beside it, else `None`."""
+    try:
+        seen = target.stat()
+        content = target.read_bytes()
+        expected = digest_path(target).read_text().strip()
+    except OSError:
+        return None
+    return seen if hashlib.sha256(content).hexdigest() == expected else None
 
 
 def build(tf, cxx: str, target: Path):
@@ -390,13 +396,7 @@ def is_cached() -> bool:
         target = library_path(cxx)
     except BuildError:
         return True
-    if failure_path(target).is_file():
-        return True
-    try:
-        content, expected = target.read_bytes(), digest_path(target).read_text().strip()
-    except OSError:
-        return False
-    return hashlib.sha256(content).hexdigest() == expected
+    return failure_path(target).is_file() or intact(target) is not None
 
 
 def status() -> str:
