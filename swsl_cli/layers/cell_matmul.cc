@@ -11,12 +11,16 @@
 // number of threads).
 //
 // Built for the machine it runs on by swsl_cli/layers/cell_ops.py (`-march=native`).
-// The inner loops are register-blocked multiply-adds on GCC / Clang vector types of 16
-// floats; `CellPatches`'s `keras.ops` code is the reference they are tested against.
+// The inner loops are register-blocked multiply-adds on GCC / Clang vector types as wide
+// as the machine's vector registers (16 floats with AVX-512, 8 with AVX, else 4), in
+// blocks sized to the number of those registers; `CellPatches`'s `keras.ops` code is the
+// reference they are tested against.
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -64,15 +68,36 @@ REGISTER_OP("SwslCellMatmulInputGrad")
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
+// The vector width and the blocks. A block's accumulators, its loaded vectors and one
+// broadcast weight all stay in registers: 32 registers with AVX-512 or on AArch64, 16
+// with AVX or SSE. A vector wider than the registers would be split in two by the
+// compiler and spill its accumulators to memory, several times slower.
+#if defined(__AVX512F__)
 constexpr int64_t kLanes = 16;
+constexpr int kBlockNF = 6, kBlockNV = 4;  // forward: 6 filters x 4 vectors of images
+constexpr int kGradNK = 8, kGradNV = 3;    // kernels' gradient: 8 patch values x 3 vectors
+#elif defined(__AVX__)
+constexpr int64_t kLanes = 8;
+constexpr int kBlockNF = 6, kBlockNV = 2;
+constexpr int kGradNK = 4, kGradNV = 3;
+#elif defined(__aarch64__)
+constexpr int64_t kLanes = 4;
+constexpr int kBlockNF = 6, kBlockNV = 4;
+constexpr int kGradNK = 8, kGradNV = 3;
+#else
+constexpr int64_t kLanes = 4;
+constexpr int kBlockNF = 6, kBlockNV = 2;
+constexpr int kGradNK = 4, kGradNV = 3;
+#endif
 
-inline v16 load(const float* p) {
-  v16 v;
+typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline vec load(const float* p) {
+  vec v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 struct Geometry {
@@ -111,7 +136,7 @@ thread::ThreadPool* workers(OpKernelContext* ctx) {
   return ctx->device()->tensorflow_cpu_worker_threads()->workers;
 }
 
-// xT[p, c, b] = x[b, p, c], the batch padded with zeros to bp (a multiple of 16), and
+// xT[p, c, b] = x[b, p, c], the batch padded with zeros to bp (a multiple of kLanes), and
 // one more row of bp zeros at the end (read by the padding).
 void transpose_input(OpKernelContext* ctx, const Geometry& g, int64_t bp, const float* x,
                      float* xT) {
@@ -127,17 +152,17 @@ void transpose_input(OpKernelContext* ctx, const Geometry& g, int64_t bp, const 
   std::fill(xT + P * C * bp, xT + (P * C + 1) * bp, 0.f);
 }
 
-// ---- forward: NF filters of one cell for NV * 16 images, the batch in the vector lanes.
+// ---- forward: NF filters of one cell for NV * kLanes images, the batch in the vector lanes.
 template <int NF, int NV>
 void forward_block(const float* xT, int64_t bp, int64_t C, const int32* row, int64_t taps,
                    const float* w, int64_t F, int64_t b0, int64_t B, float* y, int64_t y_row) {
-  v16 acc[NF][NV] = {};
+  vec acc[NF][NV] = {};
   for (int64_t t = 0; t < taps; ++t) {
     if (row[t] < 0) continue;  // the padding adds nothing
     const float* xr = xT + row[t] * C * bp + b0;
     const float* wr = w + t * C * F;
     for (int64_t c = 0; c < C; ++c, xr += bp, wr += F) {
-      v16 xv[NV];
+      vec xv[NV];
       for (int j = 0; j < NV; ++j) xv[j] = load(xr + kLanes * j);
       for (int i = 0; i < NF; ++i) {
         const float s = wr[i];
@@ -156,23 +181,32 @@ void forward_block(const float* xT, int64_t bp, int64_t C, const int32* row, int
 
 typedef void (*ForwardBlock)(const float*, int64_t, int64_t, const int32*, int64_t,
                              const float*, int64_t, int64_t, int64_t, float*, int64_t);
-#define SWSL_ROW(N) {forward_block<N, 1>, forward_block<N, 2>, forward_block<N, 3>, forward_block<N, 4>}
-const ForwardBlock kForward[6][4] = {SWSL_ROW(1), SWSL_ROW(2), SWSL_ROW(3),
-                                     SWSL_ROW(4), SWSL_ROW(5), SWSL_ROW(6)};
-#undef SWSL_ROW
 
-// ---- kernels' gradient: 8 patch values of one cell for NV * 16 filters, over the batch.
+// The block of every size up to the largest, indexed [NF - 1][NV - 1].
+template <int NF, int... NV>
+constexpr std::array<ForwardBlock, sizeof...(NV)> forward_row(std::integer_sequence<int, NV...>) {
+  return {forward_block<NF, NV + 1>...};
+}
+template <int... NF>
+constexpr std::array<std::array<ForwardBlock, kBlockNV>, sizeof...(NF)> forward_table(
+    std::integer_sequence<int, NF...>) {
+  return {forward_row<NF + 1>(std::make_integer_sequence<int, kBlockNV>())...};
+}
+constexpr auto kForward = forward_table(std::make_integer_sequence<int, kBlockNF>());
+
+// ---- kernels' gradient: kGradNK patch values of one cell for NV * kLanes filters, over
+// the batch.
 // rows[i]: the row of xT that patch value i reads (the zero row in the padding);
 // u: the cell's upstream gradient (B, fp), its filters padded with zeros.
 template <int NV>
 void kernel_grad_block(const float* const* rows, const float* u, int64_t fp, int64_t B,
                        float* dw, int64_t F, int64_t nk, int64_t nf) {
-  constexpr int NK = 8;
-  v16 acc[NK][NV] = {};
+  constexpr int NK = kGradNK;
+  vec acc[NK][NV] = {};
   const float* r[NK];
   for (int i = 0; i < NK; ++i) r[i] = rows[i];
   for (int64_t b = 0; b < B; ++b) {
-    v16 d[NV];
+    vec d[NV];
     for (int j = 0; j < NV; ++j) d[j] = load(u + b * fp + kLanes * j);
     for (int i = 0; i < NK; ++i) {
       const float s = r[i][b];
@@ -188,22 +222,26 @@ void kernel_grad_block(const float* const* rows, const float* u, int64_t fp, int
 
 typedef void (*KernelGradBlock)(const float* const*, const float*, int64_t, int64_t, float*,
                                 int64_t, int64_t, int64_t);
-const KernelGradBlock kKernelGrad[3] = {kernel_grad_block<1>, kernel_grad_block<2>,
-                                        kernel_grad_block<3>};
+template <int... NV>
+constexpr std::array<KernelGradBlock, sizeof...(NV)> kernel_grad_table(
+    std::integer_sequence<int, NV...>) {
+  return {kernel_grad_block<NV + 1>...};
+}
+constexpr auto kKernelGrad = kernel_grad_table(std::make_integer_sequence<int, kGradNV>());
 
-// ---- inputs' gradient: NC channels of one pixel for NV * 16 images, summed over the
+// ---- inputs' gradient: NC channels of one pixel for NV * kLanes images, summed over the
 // (cell, tap) pairs that read the pixel; uT is the upstream gradient (cells, F, bp).
 template <int NC, int NV>
 void input_grad_block(const int32* readers, int64_t n, const float* w, int64_t K, int64_t F,
                       int64_t C, const float* uT, int64_t bp, int64_t b0, int64_t c0,
                       float* dxT) {
-  v16 acc[NC][NV] = {};
+  vec acc[NC][NV] = {};
   for (int64_t r = 0; r < n; ++r) {
     const int64_t cell = readers[2 * r], t = readers[2 * r + 1];
     const float* wr = w + cell * K * F + (t * C + c0) * F;
     const float* ur = uT + cell * F * bp + b0;
     for (int64_t f = 0; f < F; ++f, ur += bp) {
-      v16 d[NV];
+      vec d[NV];
       for (int j = 0; j < NV; ++j) d[j] = load(ur + kLanes * j);
       for (int i = 0; i < NC; ++i) {
         const float s = wr[i * F + f];
@@ -217,11 +255,18 @@ void input_grad_block(const int32* readers, int64_t n, const float* w, int64_t K
 
 typedef void (*InputGradBlock)(const int32*, int64_t, const float*, int64_t, int64_t, int64_t,
                                const float*, int64_t, int64_t, int64_t, float*);
-#define SWSL_ROW(N) \
-  {input_grad_block<N, 1>, input_grad_block<N, 2>, input_grad_block<N, 3>, input_grad_block<N, 4>}
-const InputGradBlock kInputGrad[6][4] = {SWSL_ROW(1), SWSL_ROW(2), SWSL_ROW(3),
-                                         SWSL_ROW(4), SWSL_ROW(5), SWSL_ROW(6)};
-#undef SWSL_ROW
+
+template <int NC, int... NV>
+constexpr std::array<InputGradBlock, sizeof...(NV)> input_grad_row(
+    std::integer_sequence<int, NV...>) {
+  return {input_grad_block<NC, NV + 1>...};
+}
+template <int... NC>
+constexpr std::array<std::array<InputGradBlock, kBlockNV>, sizeof...(NC)> input_grad_table(
+    std::integer_sequence<int, NC...>) {
+  return {input_grad_row<NC + 1>(std::make_integer_sequence<int, kBlockNV>())...};
+}
+constexpr auto kInputGrad = input_grad_table(std::make_integer_sequence<int, kBlockNF>());
 
 }  // namespace
 
@@ -249,10 +294,10 @@ class SwslCellMatmulOp : public OpKernel {
     const int32* table = ctx->input(2).flat<int32>().data();
     workers(ctx)->ParallelFor(g.cells, 2 * bp * g.size * F, [&](int64_t c0, int64_t c1) {
       for (int64_t cell = c0; cell < c1; ++cell)
-        for (int64_t f0 = 0; f0 < F; f0 += 6)
-          for (int64_t b0 = 0; b0 < bp; b0 += 4 * kLanes) {
-            const int64_t nf = std::min<int64_t>(6, F - f0);
-            const int64_t nv = std::min<int64_t>(4, (bp - b0) / kLanes);
+        for (int64_t f0 = 0; f0 < F; f0 += kBlockNF)
+          for (int64_t b0 = 0; b0 < bp; b0 += kBlockNV * kLanes) {
+            const int64_t nf = std::min<int64_t>(kBlockNF, F - f0);
+            const int64_t nv = std::min<int64_t>(kBlockNV, (bp - b0) / kLanes);
             kForward[nf - 1][nv - 1](xT, bp, g.channels, table + cell * g.taps, g.taps,
                                      w + cell * g.size * F + f0, F, b0, g.batch,
                                      y + cell * F + f0, g.cells * F);
@@ -287,7 +332,7 @@ class SwslCellMatmulKernelGradOp : public OpKernel {
     const float* u = ctx->input(3).flat<float>().data();
     workers(ctx)->ParallelFor(cells, 2 * B * K * F, [&](int64_t c0, int64_t c1) {
       std::vector<float> cell_upstream(B * fp, 0.f);
-      std::vector<const float*> rows(round_up(K, 8));
+      std::vector<const float*> rows(round_up(K, kGradNK));
       for (int64_t cell = c0; cell < c1; ++cell) {
         const int32* row = table + cell * g.taps;
         for (int64_t k = 0; k < static_cast<int64_t>(rows.size()); ++k)
@@ -297,12 +342,12 @@ class SwslCellMatmulKernelGradOp : public OpKernel {
           const float* __restrict src = u + (b * cells + cell) * F;
           for (int64_t f = 0; f < F; ++f) dst[f] = src[f];
         }
-        for (int64_t f0 = 0; f0 < F; f0 += 3 * kLanes) {
-          const int64_t nf = std::min<int64_t>(3 * kLanes, F - f0);
-          for (int64_t k0 = 0; k0 < K; k0 += 8)
+        for (int64_t f0 = 0; f0 < F; f0 += kGradNV * kLanes) {
+          const int64_t nf = std::min<int64_t>(kGradNV * kLanes, F - f0);
+          for (int64_t k0 = 0; k0 < K; k0 += kGradNK)
             kKernelGrad[(nf + kLanes - 1) / kLanes - 1](
                 rows.data() + k0, cell_upstream.data() + f0, fp, B,
-                dw + (cell * K + k0) * F + f0, F, std::min<int64_t>(8, K - k0), nf);
+                dw + (cell * K + k0) * F + f0, F, std::min<int64_t>(kGradNK, K - k0), nf);
         }
       }
     });
@@ -355,10 +400,10 @@ class SwslCellMatmulInputGradOp : public OpKernel {
         const int32* rd = readers.data() + 2 * start[p];
         const int64_t n = start[p + 1] - start[p];
         float* pixel = dxT + p * C * bp;
-        for (int64_t c0 = 0; c0 < C; c0 += 6)
-          for (int64_t b0 = 0; b0 < bp; b0 += 4 * kLanes) {
-            const int64_t nc = std::min<int64_t>(6, C - c0);
-            const int64_t nv = std::min<int64_t>(4, (bp - b0) / kLanes);
+        for (int64_t c0 = 0; c0 < C; c0 += kBlockNF)
+          for (int64_t b0 = 0; b0 < bp; b0 += kBlockNV * kLanes) {
+            const int64_t nc = std::min<int64_t>(kBlockNF, C - c0);
+            const int64_t nv = std::min<int64_t>(kBlockNV, (bp - b0) / kLanes);
             kInputGrad[nc - 1][nv - 1](rd, n, w, K, F, C, uT, bp, b0, c0, pixel);
           }
         for (int64_t b = 0; b < B; ++b)
