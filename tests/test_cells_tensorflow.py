@@ -192,3 +192,75 @@ def test_second_order_gradients_equal_the_reference(rng, kernels_kind):
 
     for g, e in zip(penalty(fast.apply), penalty(fast.reference_apply)):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+def reference_mix(coefficients, weights):
+    """`SoftWeightSharingConv2D`'s per-filter kernel mix as `keras.ops` writes it."""
+    return tf.einsum("cfs,kfs->ckf", coefficients, weights)
+
+
+@pytest.mark.parametrize(
+    "cells, size, filters, centroids",
+    [(12, 18, 5, 4), (7, 3, 17, 3), (1, 2, 1, 1), (196, 216, 48, 4)],
+)
+def test_the_compiled_kernel_mix_equals_the_reference_to_the_second_order(
+    rng, cells, size, filters, centroids
+):
+    fast = CellPatches((5, 5), (5, 5), (3, 3), (1, 1), "same", fast_path=True)
+    coefficients = tf.constant(rng.normal(size=(cells, filters, centroids)).astype("float32"))
+    weights = tf.constant(rng.normal(size=(size, filters, centroids)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(cells, size, filters)).astype("float32"))
+
+    def results(mix):
+        with tf.GradientTape() as outer:
+            outer.watch([coefficients, weights])
+            with tf.GradientTape() as inner:
+                inner.watch([coefficients, weights])
+                mixed = mix(coefficients, weights)
+                loss = tf.reduce_sum(mixed * upstream)
+            first = inner.gradient(loss, [coefficients, weights])
+            second = tf.reduce_sum(tf.square(first[0])) + tf.reduce_sum(first[0] * first[1][0])
+        return [mixed, *first, *outer.gradient(second, [coefficients, weights])]
+
+    assert fast.mix_per_filter(coefficients, weights) is not None, cell_ops.status()
+    names = ("mixed", "coefficients' gradient", "weights' gradient", "second order", "second")
+    for name, got, expected in zip(names, results(fast.mix_per_filter), results(reference_mix)):
+        scale = np.abs(expected.numpy()).max()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+
+
+def test_the_compiled_kernel_mix_is_float32_outside_xla_only(rng):
+    fast = CellPatches((5, 5), (5, 5), (3, 3), (1, 1), "same", fast_path=True)
+    coefficients, weights = tf.ones((4, 3, 2), "bfloat16"), tf.ones((9, 3, 2), "bfloat16")
+    assert fast.mix_per_filter(coefficients, weights) is None
+    traced = []
+
+    @tf.function(jit_compile=True)
+    def under_xla(a, w):
+        traced.append(fast.mix_per_filter(a, w))
+        return a
+
+    under_xla(tf.ones((4, 3, 2)), tf.ones((9, 3, 2)))
+    assert traced == [None]
+    assert (
+        CellPatches((5, 5), (5, 5), (3, 3), (1, 1), "same", fast_path=False).mix_per_filter(
+            tf.ones((4, 3, 2)), tf.ones((9, 3, 2))
+        )
+        is None
+    )
+
+
+def test_a_per_feature_sws_layer_mixes_its_kernels_on_the_compiled_kernels():
+    layer = SoftWeightSharingConv2D(
+        6, 3, centroids=(2, 2), per_feature=True, centroids_trainable=True, implementation="local"
+    )
+    layer.build((None, 8, 8, 3))
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x))
+        return tape.gradient(loss, layer.trainable_variables)
+
+    ops_in_step = graph_ops(step, tf.TensorSpec((None, 8, 8, 3)))
+    assert {"SwslMixKernels", "SwslMixKernelsGrad", "SwslCellMatmul"} <= ops_in_step
+    assert "BatchMatMulV2" not in ops_in_step

@@ -66,6 +66,34 @@ REGISTER_OP("SwslCellMatmulInputGrad")
       return absl::OkStatus();
     });
 
+// The SWS layer's kernel mix with per-filter coefficients (`per_feature`):
+//   mixed[cell, k, f] = sum_s coefficients[cell, f, s] * weights[k, f, s]
+// and its gradient, both operands' at once. Each output is written by one thread in a fixed
+// order, as above.
+REGISTER_OP("SwslMixKernels")
+    .Input("coefficients: float")  // (cells, F, S)
+    .Input("weights: float")       // (K, F, S)
+    .Output("mixed: float")        // (cells, K, F)
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle a, w;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &a));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &w));
+      c->set_output(0, c->MakeShape({c->Dim(a, 0), c->Dim(w, 0), c->Dim(w, 1)}));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("SwslMixKernelsGrad")
+    .Input("coefficients: float")
+    .Input("weights: float")
+    .Input("upstream: float")  // (cells, K, F)
+    .Output("coefficients_grad: float")
+    .Output("weights_grad: float")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(1));
+      return absl::OkStatus();
+    });
+
 namespace {
 
 // The vector width and the blocks. A block's accumulators, its loaded vectors and one
@@ -413,8 +441,145 @@ class SwslCellMatmulInputGradOp : public OpKernel {
   }
 };
 
+namespace {
+
+struct MixGeometry {
+  int64_t cells, size, filters, centroids;
+};
+
+absl::Status read_mix_geometry(OpKernelContext* ctx, bool with_upstream, MixGeometry* g) {
+  const Tensor& a = ctx->input(0);
+  const Tensor& w = ctx->input(1);
+  if (a.dims() != 3 || w.dims() != 3 || a.dim_size(1) != w.dim_size(1) ||
+      a.dim_size(2) != w.dim_size(2))
+    return absl::InvalidArgumentError(
+        "SwslMixKernels: coefficients (cells, F, S) and weights (K, F, S)");
+  g->cells = a.dim_size(0);
+  g->size = w.dim_size(0);
+  g->filters = w.dim_size(1);
+  g->centroids = w.dim_size(2);
+  if (with_upstream) {
+    const Tensor& u = ctx->input(2);
+    if (u.dims() != 3 || u.dim_size(0) != g->cells || u.dim_size(1) != g->size ||
+        u.dim_size(2) != g->filters)
+      return absl::InvalidArgumentError("SwslMixKernels: upstream gradient of the wrong shape");
+  }
+  return absl::OkStatus();
+}
+
+// t[s, i, f] = a[i, f, s]: the centroid axis outermost, so the loops over f are unit-stride.
+void centroids_first(OpKernelContext* ctx, const float* a, int64_t n, int64_t F, int64_t S,
+                     float* t) {
+  workers(ctx)->ParallelFor(n, F * S, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t f = 0; f < F; ++f)
+        for (int64_t s = 0; s < S; ++s) t[(s * n + i) * F + f] = a[(i * F + f) * S + s];
+  });
+}
+
+// acc[s, f] += u[f] * t[s, f] for every s: a row of the upstream gradient times the S rows
+// of one cell's coefficients or one patch value's weights.
+inline void accumulate(const float* __restrict u, const float* __restrict t, int64_t stride,
+                       int64_t F, int64_t S, float* __restrict acc) {
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t f = 0; f < F; ++f) acc[s * F + f] += u[f] * t[s * stride + f];
+}
+
+}  // namespace
+
+class SwslMixKernelsOp : public OpKernel {
+ public:
+  explicit SwslMixKernelsOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    MixGeometry g;
+    OP_REQUIRES_OK(ctx, read_mix_geometry(ctx, false, &g));
+    const int64_t cells = g.cells, K = g.size, F = g.filters, S = g.centroids;
+    Tensor* out_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {cells, K, F}, &out_t));
+    float* out = out_t->flat<float>().data();
+    if (out_t->NumElements() == 0) return;
+    if (S == 0) {
+      std::fill(out, out + out_t->NumElements(), 0.f);
+      return;
+    }
+    Tensor aT_t, wT_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT, {S * cells * F}, &aT_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT, {S * K * F}, &wT_t));
+    float* aT = aT_t.flat<float>().data();
+    float* wT = wT_t.flat<float>().data();
+    centroids_first(ctx, ctx->input(0).flat<float>().data(), cells, F, S, aT);
+    centroids_first(ctx, ctx->input(1).flat<float>().data(), K, F, S, wT);
+    workers(ctx)->ParallelFor(cells, 2 * K * F * S, [&](int64_t c0, int64_t c1) {
+      for (int64_t cell = c0; cell < c1; ++cell)
+        for (int64_t k = 0; k < K; ++k) {
+          float* __restrict o = out + (cell * K + k) * F;
+          const float* __restrict a = aT + cell * F;
+          const float* __restrict w = wT + k * F;
+          for (int64_t f = 0; f < F; ++f) o[f] = a[f] * w[f];
+          for (int64_t s = 1; s < S; ++s) {
+            const float* __restrict as = a + s * cells * F;
+            const float* __restrict ws = w + s * K * F;
+            for (int64_t f = 0; f < F; ++f) o[f] += as[f] * ws[f];
+          }
+        }
+    });
+  }
+};
+
+class SwslMixKernelsGradOp : public OpKernel {
+ public:
+  explicit SwslMixKernelsGradOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    MixGeometry g;
+    OP_REQUIRES_OK(ctx, read_mix_geometry(ctx, true, &g));
+    const int64_t cells = g.cells, K = g.size, F = g.filters, S = g.centroids;
+    Tensor *da_t = nullptr, *dw_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &da_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &dw_t));
+    float* da = da_t->flat<float>().data();
+    float* dw = dw_t->flat<float>().data();
+    std::fill(da, da + da_t->NumElements(), 0.f);
+    std::fill(dw, dw + dw_t->NumElements(), 0.f);
+    if (cells == 0 || K == 0 || F == 0 || S == 0) return;
+    Tensor aT_t, wT_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT, {S * cells * F}, &aT_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT, {S * K * F}, &wT_t));
+    float* aT = aT_t.flat<float>().data();
+    float* wT = wT_t.flat<float>().data();
+    centroids_first(ctx, ctx->input(0).flat<float>().data(), cells, F, S, aT);
+    centroids_first(ctx, ctx->input(1).flat<float>().data(), K, F, S, wT);
+    const float* u = ctx->input(2).flat<float>().data();
+    // The coefficients' gradient, per cell: sum over k of its upstream rows times the weights.
+    workers(ctx)->ParallelFor(cells, 2 * K * F * S, [&](int64_t c0, int64_t c1) {
+      std::vector<float> acc(S * F);
+      for (int64_t cell = c0; cell < c1; ++cell) {
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t k = 0; k < K; ++k)
+          accumulate(u + (cell * K + k) * F, wT + k * F, K * F, F, S, acc.data());
+        for (int64_t f = 0; f < F; ++f)
+          for (int64_t s = 0; s < S; ++s) da[(cell * F + f) * S + s] = acc[s * F + f];
+      }
+    });
+    // The weights' gradient, per patch value: sum over the cells, in order.
+    workers(ctx)->ParallelFor(K, 2 * cells * F * S, [&](int64_t k0, int64_t k1) {
+      std::vector<float> acc(S * F);
+      for (int64_t k = k0; k < k1; ++k) {
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t cell = 0; cell < cells; ++cell)
+          accumulate(u + (cell * K + k) * F, aT + cell * F, cells * F, F, S, acc.data());
+        for (int64_t f = 0; f < F; ++f)
+          for (int64_t s = 0; s < S; ++s) dw[(k * F + f) * S + s] = acc[s * F + f];
+      }
+    });
+  }
+};
+
 REGISTER_KERNEL_BUILDER(Name("SwslCellMatmul").Device(DEVICE_CPU), SwslCellMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("SwslCellMatmulKernelGrad").Device(DEVICE_CPU),
                         SwslCellMatmulKernelGradOp);
 REGISTER_KERNEL_BUILDER(Name("SwslCellMatmulInputGrad").Device(DEVICE_CPU),
                         SwslCellMatmulInputGradOp);
+REGISTER_KERNEL_BUILDER(Name("SwslMixKernels").Device(DEVICE_CPU), SwslMixKernelsOp);
+REGISTER_KERNEL_BUILDER(Name("SwslMixKernelsGrad").Device(DEVICE_CPU), SwslMixKernelsGradOp);

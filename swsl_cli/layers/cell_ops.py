@@ -331,9 +331,9 @@ def load():
 
 
 def register_second_order_gradients(tf, module) -> None:
-    """Gradients of the two gradient kernels, so the layers differentiate twice as the
-    `keras.ops` reference does. Both are bilinear in their inputs and upstream gradient,
-    and their gradients are the three kernels again."""
+    """Gradients of the kernels, so the layers differentiate twice as the `keras.ops`
+    reference does. The gradient kernels are bilinear in their inputs and upstream
+    gradient, and their gradients are the same kernels again."""
     if _state.get("gradients registered"):
         return
     try:
@@ -357,6 +357,28 @@ def register_second_order_gradients(tf, module) -> None:
                 None,
                 module.swsl_cell_matmul(grad, kernels, table),
             ]
+
+        @tf.RegisterGradient("SwslMixKernels")
+        def _mix_grad(op, grad):
+            coefficients, weights = op.inputs
+            return list(module.swsl_mix_kernels_grad(coefficients, weights, grad))
+
+        @tf.RegisterGradient("SwslMixKernelsGrad")
+        def _mix_grad_grad(op, coefficients_grad_grad, weights_grad_grad):
+            coefficients, weights, upstream = op.inputs
+            grads = [None, None, None]
+            if coefficients_grad_grad is not None:  # bilinear: the mix and its gradient again
+                grads[1] = module.swsl_mix_kernels_grad(coefficients_grad_grad, weights, upstream)[
+                    1
+                ]
+                grads[2] = module.swsl_mix_kernels(coefficients_grad_grad, weights)
+            if weights_grad_grad is not None:
+                grads[0] = module.swsl_mix_kernels_grad(coefficients, weights_grad_grad, upstream)[
+                    0
+                ]
+                mixed = module.swsl_mix_kernels(coefficients, weights_grad_grad)
+                grads[2] = mixed if grads[2] is None else grads[2] + mixed
+            return grads
 
     except KeyError:  # registered earlier in this process
         pass

@@ -176,6 +176,22 @@ class CellPatches:
             return self.fast.apply(inputs, kernels)
         return self.reference_apply(inputs, kernels)
 
+    def mix_per_filter(self, coefficients, weights):
+        """`mixed[c, k, f] = sum_s coefficients[c, f, s] * weights[k, f, s]`, the cells'
+        kernels `(cells, K, F)` of an SWS layer with per-filter coefficients, by the
+        compiled per-cell kernels; `None` where they do not apply (the layer then mixes
+        with `keras.ops`).
+
+        Args:
+            coefficients: `(cells, F, S)`.
+            weights: `(K, F, S)`, the S shared kernels of every filter.
+        """
+        if self.fast is None:
+            return None
+        return self.fast.mix_per_filter(
+            ops.convert_to_tensor(coefficients), ops.convert_to_tensor(weights)
+        )
+
     def reference_apply(self, inputs, kernels):
         """`apply` with `keras.ops` alone, on every backend.
 

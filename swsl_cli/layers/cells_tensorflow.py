@@ -99,6 +99,18 @@ class TensorFlowCellPatches:
         outputs = tf.transpose(outputs, (1, 0, 2))
         return tf.reshape(outputs, (-1, *self.output_size, filters))
 
+    @staticmethod
+    def mix_per_filter(coefficients, weights):
+        """`CellPatches.mix_per_filter` by the compiled kernels, else None (other dtypes, XLA)."""
+        if coefficients.dtype != tf.float32 or weights.dtype != tf.float32 or in_xla_context():
+            return None
+        from swsl_cli.layers import cell_ops
+
+        compiled = cell_ops.library()
+        if compiled is None:
+            return None
+        return compiled.swsl_mix_kernels(coefficients, weights)
+
     def compiled_apply(self, compiled, inputs, kernels):
         """`apply` by the compiled kernels (`cell_matmul.cc`): no patch tensor, forward or back.
 
