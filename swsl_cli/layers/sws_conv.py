@@ -323,8 +323,9 @@ class SoftWeightSharingConv2D(BaseMixedLocalConv2D):
         cells = self.output_rows * self.output_cols
         kernels = ops.reshape(self.kernel, (-1, self.filters, self.n_centroids))  # (K, F, S)
         coefficients = ops.reshape(coefficients, (cells, self.filters, self.n_centroids))
-        mixed = self._cell_patches.mix_per_filter(coefficients, kernels)  # compiled, on a CPU
-        if mixed is not None:
+        patches = getattr(self, "_cell_patches", None)  # the "conv" path has none
+        mixed = patches.mix_per_filter(coefficients, kernels) if patches else None
+        if mixed is not None:  # compiled, on a CPU
             return mixed
         # Per-filter coefficients: F matmuls (H'W' x S) @ (S x K), several times
         # faster, forward and backward, than broadcasting a (H'W', F, S, K) product.
