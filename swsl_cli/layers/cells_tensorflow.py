@@ -35,6 +35,15 @@ def in_xla_context() -> bool:
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
+def compiled_kernels_for(*tensors):
+    """The compiled kernels' op module for float32 `tensors` outside XLA, else None."""
+    if any(t.dtype != tf.float32 for t in tensors) or in_xla_context():
+        return None
+    from swsl_cli.layers import cell_ops
+
+    return cell_ops.library()
+
+
 class TensorFlowCellPatches:
     """`CellPatches`'s gather and per-cell product on TensorFlow.
 
@@ -87,12 +96,9 @@ class TensorFlowCellPatches:
         """`CellPatches.apply`: inputs `(batch, rows, cols, C)`, kernels `(cells, K, F)`."""
         rows, cols, _ = inputs.shape[1:]
         cells, size, filters = kernels.shape
-        if inputs.dtype == tf.float32 and kernels.dtype == tf.float32 and not in_xla_context():
-            from swsl_cli.layers import cell_ops
-
-            compiled = cell_ops.library()
-            if compiled is not None:
-                return self.compiled_apply(compiled, inputs, kernels)
+        compiled = compiled_kernels_for(inputs, kernels)
+        if compiled is not None:
+            return self.compiled_apply(compiled, inputs, kernels)
         pixels = tf.reshape(tf.transpose(inputs, (1, 2, 3, 0)), (rows * cols, -1))
         patches = tf.reshape(self.gather(pixels), (cells, size, -1))  # (cells, K, batch)
         outputs = tf.linalg.matmul(patches, kernels, adjoint_a=True)  # (cells, batch, F)
@@ -102,14 +108,8 @@ class TensorFlowCellPatches:
     @staticmethod
     def mix_per_filter(coefficients, weights):
         """`CellPatches.mix_per_filter` by the compiled kernels, else None (other dtypes, XLA)."""
-        if coefficients.dtype != tf.float32 or weights.dtype != tf.float32 or in_xla_context():
-            return None
-        from swsl_cli.layers import cell_ops
-
-        compiled = cell_ops.library()
-        if compiled is None:
-            return None
-        return compiled.swsl_mix_kernels(coefficients, weights)
+        compiled = compiled_kernels_for(coefficients, weights)
+        return None if compiled is None else compiled.swsl_mix_kernels(coefficients, weights)
 
     def compiled_apply(self, compiled, inputs, kernels):
         """`apply` by the compiled kernels (`cell_matmul.cc`): no patch tensor, forward or back.
