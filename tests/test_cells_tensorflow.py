@@ -250,9 +250,19 @@ def test_the_compiled_kernel_mix_is_float32_outside_xla_only(rng):
     )
 
 
-def test_a_per_feature_sws_layer_mixes_its_kernels_on_the_compiled_kernels():
+# A fixed grid of centroids is one shared set; randomly placed fixed centroids stay per filter.
+@pytest.mark.parametrize("centroids, centroids_trainable", [((2, 2), True), (4, False)])
+def test_a_per_feature_sws_layer_mixes_its_kernels_on_the_compiled_kernels(
+    centroids, centroids_trainable
+):
     layer = SoftWeightSharingConv2D(
-        6, 3, centroids=(2, 2), per_feature=True, centroids_trainable=True, implementation="local"
+        6,
+        3,
+        centroids=centroids,
+        per_feature=True,
+        centroids_trainable=centroids_trainable,
+        implementation="local",
+        seed=1,
     )
     layer.build((None, 8, 8, 3))
 
@@ -262,5 +272,8 @@ def test_a_per_feature_sws_layer_mixes_its_kernels_on_the_compiled_kernels():
         return tape.gradient(loss, layer.trainable_variables)
 
     ops_in_step = graph_ops(step, tf.TensorSpec((None, 8, 8, 3)))
-    assert {"SwslMixKernels", "SwslMixKernelsGrad", "SwslCellMatmul"} <= ops_in_step
+    assert {"SwslMixKernels", "SwslMixKernelsWeightsGrad", "SwslCellMatmul"} <= ops_in_step
     assert "BatchMatMulV2" not in ops_in_step
+    assert layer.groups == 6
+    # fixed centroids and Sigmas: constant coefficients, whose gradient is never computed
+    assert ("SwslMixKernelsCoefficientsGrad" in ops_in_step) == centroids_trainable

@@ -68,8 +68,9 @@ REGISTER_OP("SwslCellMatmulInputGrad")
 
 // The SWS layer's kernel mix with per-filter coefficients (`per_feature`):
 //   mixed[cell, k, f] = sum_s coefficients[cell, f, s] * weights[k, f, s]
-// and its gradient, both operands' at once. Each output is written by one thread in a fixed
-// order, as above.
+// and its gradient, one op per operand: a network with fixed centroids needs only the
+// weights', and TensorFlow prunes the op whose output nobody reads. Each output is written
+// by one thread in a fixed order, as above.
 REGISTER_OP("SwslMixKernels")
     .Input("coefficients: float")  // (cells, F, S)
     .Input("weights: float")       // (K, F, S)
@@ -82,15 +83,29 @@ REGISTER_OP("SwslMixKernels")
       return absl::OkStatus();
     });
 
-REGISTER_OP("SwslMixKernelsGrad")
-    .Input("coefficients: float")
-    .Input("weights: float")
+//   coefficients_grad[cell, f, s] = sum_k upstream[cell, k, f] * weights[k, f, s]
+REGISTER_OP("SwslMixKernelsCoefficientsGrad")
+    .Input("weights: float")   // (K, F, S)
     .Input("upstream: float")  // (cells, K, F)
     .Output("coefficients_grad: float")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle w, u;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &w));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &u));
+      c->set_output(0, c->MakeShape({c->Dim(u, 0), c->Dim(w, 1), c->Dim(w, 2)}));
+      return absl::OkStatus();
+    });
+
+//   weights_grad[k, f, s] = sum_cell upstream[cell, k, f] * coefficients[cell, f, s]
+REGISTER_OP("SwslMixKernelsWeightsGrad")
+    .Input("coefficients: float")  // (cells, F, S)
+    .Input("upstream: float")      // (cells, K, F)
     .Output("weights_grad: float")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      c->set_output(1, c->input(1));
+      shape_inference::ShapeHandle a, u;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &a));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &u));
+      c->set_output(0, c->MakeShape({c->Dim(u, 1), c->Dim(a, 1), c->Dim(a, 2)}));
       return absl::OkStatus();
     });
 
@@ -447,24 +462,33 @@ struct MixGeometry {
   int64_t cells, size, filters, centroids;
 };
 
-absl::Status read_mix_geometry(OpKernelContext* ctx, bool with_upstream, MixGeometry* g) {
-  const Tensor& a = ctx->input(0);
-  const Tensor& w = ctx->input(1);
-  if (a.dims() != 3 || w.dims() != 3 || a.dim_size(1) != w.dim_size(1) ||
-      a.dim_size(2) != w.dim_size(2))
-    return absl::InvalidArgumentError(
-        "SwslMixKernels: coefficients (cells, F, S) and weights (K, F, S)");
-  g->cells = a.dim_size(0);
-  g->size = w.dim_size(0);
-  g->filters = w.dim_size(1);
-  g->centroids = w.dim_size(2);
-  if (with_upstream) {
-    const Tensor& u = ctx->input(2);
-    if (u.dims() != 3 || u.dim_size(0) != g->cells || u.dim_size(1) != g->size ||
-        u.dim_size(2) != g->filters)
-      return absl::InvalidArgumentError("SwslMixKernels: upstream gradient of the wrong shape");
+constexpr char kMixShapes[] =
+    "SwslMixKernels: coefficients (cells, F, S), weights (K, F, S), upstream (cells, K, F)";
+
+// The mix's forward op reads (coefficients, weights); the coefficients' gradient reads
+// (weights, upstream) and the weights' gradient (coefficients, upstream).
+enum class MixInputs { kForward, kCoefficientsGrad, kWeightsGrad };
+
+absl::Status read_mix_geometry(OpKernelContext* ctx, MixInputs inputs, MixGeometry* g) {
+  const Tensor& x = ctx->input(0);
+  const Tensor& y = ctx->input(1);
+  if (x.dims() != 3 || y.dims() != 3) return absl::InvalidArgumentError(kMixShapes);
+  bool fits = false;
+  switch (inputs) {
+    case MixInputs::kForward:  // a (cells, F, S), w (K, F, S)
+      *g = {x.dim_size(0), y.dim_size(0), y.dim_size(1), y.dim_size(2)};
+      fits = x.dim_size(1) == g->filters && x.dim_size(2) == g->centroids;
+      break;
+    case MixInputs::kCoefficientsGrad:  // w (K, F, S), u (cells, K, F)
+      *g = {y.dim_size(0), x.dim_size(0), x.dim_size(1), x.dim_size(2)};
+      fits = y.dim_size(1) == g->size && y.dim_size(2) == g->filters;
+      break;
+    case MixInputs::kWeightsGrad:  // a (cells, F, S), u (cells, K, F)
+      *g = {x.dim_size(0), y.dim_size(1), x.dim_size(1), x.dim_size(2)};
+      fits = y.dim_size(0) == g->cells && y.dim_size(2) == g->filters;
+      break;
   }
-  return absl::OkStatus();
+  return fits ? absl::OkStatus() : absl::InvalidArgumentError(kMixShapes);
 }
 
 // t[s, i, f] = a[i, f, s]: the centroid axis outermost, so the loops over f are unit-stride.
@@ -493,7 +517,7 @@ class SwslMixKernelsOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     MixGeometry g;
-    OP_REQUIRES_OK(ctx, read_mix_geometry(ctx, false, &g));
+    OP_REQUIRES_OK(ctx, read_mix_geometry(ctx, MixInputs::kForward, &g));
     const int64_t cells = g.cells, K = g.size, F = g.filters, S = g.centroids;
     Tensor* out_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {cells, K, F}, &out_t));
@@ -527,53 +551,61 @@ class SwslMixKernelsOp : public OpKernel {
   }
 };
 
-class SwslMixKernelsGradOp : public OpKernel {
+// The gradient of one operand of the mix: for each of its `rows` (cells, or patch values k)
+//   grad[row, f, s] = sum over the `terms` of upstream[.., f] * other[term, f, s],
+// with the other operand's centroid axis moved first and the terms summed in order.
+class SwslMixKernelsGradBase : public OpKernel {
  public:
-  explicit SwslMixKernelsGradOp(OpKernelConstruction* c) : OpKernel(c) {}
+  explicit SwslMixKernelsGradBase(OpKernelConstruction* c, MixInputs inputs)
+      : OpKernel(c), inputs_(inputs) {}
 
   void Compute(OpKernelContext* ctx) override {
     MixGeometry g;
-    OP_REQUIRES_OK(ctx, read_mix_geometry(ctx, true, &g));
-    const int64_t cells = g.cells, K = g.size, F = g.filters, S = g.centroids;
-    Tensor *da_t = nullptr, *dw_t = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &da_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &dw_t));
-    float* da = da_t->flat<float>().data();
-    float* dw = dw_t->flat<float>().data();
-    std::fill(da, da + da_t->NumElements(), 0.f);
-    std::fill(dw, dw + dw_t->NumElements(), 0.f);
-    if (cells == 0 || K == 0 || F == 0 || S == 0) return;
-    Tensor aT_t, wT_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT, {S * cells * F}, &aT_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT, {S * K * F}, &wT_t));
-    float* aT = aT_t.flat<float>().data();
-    float* wT = wT_t.flat<float>().data();
-    centroids_first(ctx, ctx->input(0).flat<float>().data(), cells, F, S, aT);
-    centroids_first(ctx, ctx->input(1).flat<float>().data(), K, F, S, wT);
-    const float* u = ctx->input(2).flat<float>().data();
-    // The coefficients' gradient, per cell: sum over k of its upstream rows times the weights.
-    workers(ctx)->ParallelFor(cells, 2 * K * F * S, [&](int64_t c0, int64_t c1) {
+    OP_REQUIRES_OK(ctx, read_mix_geometry(ctx, inputs_, &g));
+    const bool for_coefficients = inputs_ == MixInputs::kCoefficientsGrad;
+    const int64_t K = g.size, F = g.filters, S = g.centroids;
+    const int64_t rows = for_coefficients ? g.cells : K;
+    const int64_t terms = for_coefficients ? K : g.cells;
+    Tensor* grad_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {rows, F, S}, &grad_t));
+    float* grad = grad_t->flat<float>().data();
+    std::fill(grad, grad + grad_t->NumElements(), 0.f);
+    if (rows == 0 || terms == 0 || F == 0 || S == 0) return;
+    Tensor other_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT, {S * terms * F}, &other_t));
+    float* other = other_t.flat<float>().data();
+    centroids_first(ctx, ctx->input(0).flat<float>().data(), terms, F, S, other);
+    const float* u = ctx->input(1).flat<float>().data();
+    // upstream row (cell, k) of the output row and the term
+    const int64_t row_stride = for_coefficients ? K * F : F;
+    const int64_t term_stride = for_coefficients ? F : K * F;
+    workers(ctx)->ParallelFor(rows, 2 * terms * F * S, [&](int64_t r0, int64_t r1) {
       std::vector<float> acc(S * F);
-      for (int64_t cell = c0; cell < c1; ++cell) {
+      for (int64_t row = r0; row < r1; ++row) {
         std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t k = 0; k < K; ++k)
-          accumulate(u + (cell * K + k) * F, wT + k * F, K * F, F, S, acc.data());
+        for (int64_t term = 0; term < terms; ++term)
+          accumulate(u + row * row_stride + term * term_stride, other + term * F, terms * F, F,
+                     S, acc.data());
         for (int64_t f = 0; f < F; ++f)
-          for (int64_t s = 0; s < S; ++s) da[(cell * F + f) * S + s] = acc[s * F + f];
-      }
-    });
-    // The weights' gradient, per patch value: sum over the cells, in order.
-    workers(ctx)->ParallelFor(K, 2 * cells * F * S, [&](int64_t k0, int64_t k1) {
-      std::vector<float> acc(S * F);
-      for (int64_t k = k0; k < k1; ++k) {
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t cell = 0; cell < cells; ++cell)
-          accumulate(u + (cell * K + k) * F, aT + cell * F, cells * F, F, S, acc.data());
-        for (int64_t f = 0; f < F; ++f)
-          for (int64_t s = 0; s < S; ++s) dw[(k * F + f) * S + s] = acc[s * F + f];
+          for (int64_t s = 0; s < S; ++s) grad[(row * F + f) * S + s] = acc[s * F + f];
       }
     });
   }
+
+ private:
+  const MixInputs inputs_;
+};
+
+class SwslMixKernelsCoefficientsGradOp : public SwslMixKernelsGradBase {
+ public:
+  explicit SwslMixKernelsCoefficientsGradOp(OpKernelConstruction* c)
+      : SwslMixKernelsGradBase(c, MixInputs::kCoefficientsGrad) {}
+};
+
+class SwslMixKernelsWeightsGradOp : public SwslMixKernelsGradBase {
+ public:
+  explicit SwslMixKernelsWeightsGradOp(OpKernelConstruction* c)
+      : SwslMixKernelsGradBase(c, MixInputs::kWeightsGrad) {}
 };
 
 REGISTER_KERNEL_BUILDER(Name("SwslCellMatmul").Device(DEVICE_CPU), SwslCellMatmulOp);
@@ -582,4 +614,7 @@ REGISTER_KERNEL_BUILDER(Name("SwslCellMatmulKernelGrad").Device(DEVICE_CPU),
 REGISTER_KERNEL_BUILDER(Name("SwslCellMatmulInputGrad").Device(DEVICE_CPU),
                         SwslCellMatmulInputGradOp);
 REGISTER_KERNEL_BUILDER(Name("SwslMixKernels").Device(DEVICE_CPU), SwslMixKernelsOp);
-REGISTER_KERNEL_BUILDER(Name("SwslMixKernelsGrad").Device(DEVICE_CPU), SwslMixKernelsGradOp);
+REGISTER_KERNEL_BUILDER(Name("SwslMixKernelsCoefficientsGrad").Device(DEVICE_CPU),
+                        SwslMixKernelsCoefficientsGradOp);
+REGISTER_KERNEL_BUILDER(Name("SwslMixKernelsWeightsGrad").Device(DEVICE_CPU),
+                        SwslMixKernelsWeightsGradOp);

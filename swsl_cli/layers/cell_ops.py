@@ -361,24 +361,31 @@ def register_second_order_gradients(tf, module) -> None:
         @tf.RegisterGradient("SwslMixKernels")
         def _mix_grad(op, grad):
             coefficients, weights = op.inputs
-            return list(module.swsl_mix_kernels_grad(coefficients, weights, grad))
+            # One op per operand, and none for an operand the tape does not follow: fixed
+            # centroids (the default network's) make constant coefficients.
+            skip = getattr(op, "skip_input_indices", None) or ()
+            return [
+                None if 0 in skip else module.swsl_mix_kernels_coefficients_grad(weights, grad),
+                None if 1 in skip else module.swsl_mix_kernels_weights_grad(coefficients, grad),
+            ]
 
-        @tf.RegisterGradient("SwslMixKernelsGrad")
-        def _mix_grad_grad(op, coefficients_grad_grad, weights_grad_grad):
-            coefficients, weights, upstream = op.inputs
-            grads = [None, None, None]
-            if coefficients_grad_grad is not None:  # bilinear: the mix and its gradient again
-                grads[1] = module.swsl_mix_kernels_grad(coefficients_grad_grad, weights, upstream)[
-                    1
-                ]
-                grads[2] = module.swsl_mix_kernels(coefficients_grad_grad, weights)
-            if weights_grad_grad is not None:
-                grads[0] = module.swsl_mix_kernels_grad(coefficients, weights_grad_grad, upstream)[
-                    0
-                ]
-                mixed = module.swsl_mix_kernels(coefficients, weights_grad_grad)
-                grads[2] = mixed if grads[2] is None else grads[2] + mixed
-            return grads
+        # Both gradients are bilinear in (operand, upstream); their gradients are the other
+        # operand's gradient and the mix again.
+        @tf.RegisterGradient("SwslMixKernelsCoefficientsGrad")
+        def _mix_coefficients_grad_grad(op, grad):
+            weights, upstream = op.inputs
+            return [
+                module.swsl_mix_kernels_weights_grad(grad, upstream),
+                module.swsl_mix_kernels(grad, weights),
+            ]
+
+        @tf.RegisterGradient("SwslMixKernelsWeightsGrad")
+        def _mix_weights_grad_grad(op, grad):
+            coefficients, upstream = op.inputs
+            return [
+                module.swsl_mix_kernels_coefficients_grad(grad, upstream),
+                module.swsl_mix_kernels(coefficients, grad),
+            ]
 
     except KeyError:  # registered earlier in this process
         pass
